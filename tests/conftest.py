@@ -1,0 +1,30 @@
+"""Shared fixtures. The Makefile and .ci/run export the HF offline variables before Python starts; they are
+set here too so that a bare ``pytest`` never waits on a hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _shared_data() -> Path | None:
+    value = os.environ.get("CTIIR_SHARED_DATA")
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real annotation files (FashionIQ, Shoes, CIRR sample), or a clean skip where they are absent."""
+    path = _shared_data()
+    if path is None:
+        pytest.skip("real annotation files not available (set CTIIR_SHARED_DATA to shared/data)")
+    return path
