@@ -24,6 +24,8 @@ class Backbone(nn.Module):
 
     embed_dim: int
     image_size: int
+    vocab_size: int
+    context_length: int
     train_transform: Callable[[Any], torch.Tensor]
     eval_transform: Callable[[Any], torch.Tensor]
     spec: dict[str, Any]

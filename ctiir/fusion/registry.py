@@ -17,7 +17,7 @@ def register_fusion(
     return FUSIONS.register(name, test_kwargs=test_kwargs)
 
 
-def build_fusion(name: str, embed_dim: int, **kwargs: Any) -> Fusion:
+def build_fusion(name: str, embed_dim: int | None = None, **kwargs: Any) -> Fusion:
     """Build a registered fusion. An unknown name raises ``KeyError`` listing the known ones."""
     return FUSIONS.get(name)(embed_dim=embed_dim, **kwargs)
 
