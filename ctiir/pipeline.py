@@ -1,0 +1,226 @@
+"""``ctiir progressive``: Stage I -> II -> III in one command, each stage starting from the previous best.
+
+A run directory gets, per stage, its checkpoint (``stage-I/best.ckpt`` ...), the stage's resolved config
+(``stage-I/config.yaml``) and its CSV logs; at the end ``results.json`` and ``results.md`` (R@1/R@10/R@50
+per category, averages, and the mean adaptive weights). Stages can be skipped for the paper's ablation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from jsonargparse import ArgumentParser, ActionConfigFile
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import instantiate_class
+from lightning.pytorch.loggers import CSVLogger
+
+from ctiir.callbacks import RetrievalEvaluation
+from ctiir.stages import STAGES
+
+log = logging.getLogger(__name__)
+STAGE_ORDER = ("I", "II", "III")
+
+
+@dataclass
+class StageConfig:
+    """One stage of the pipeline. ``model`` holds the stage class's arguments (fusion, learning rates, ...)."""
+
+    enabled: bool = True
+    max_epochs: int = 1
+    max_steps: int = -1
+    model: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    eval_kinds: list[str] | None = None
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/progressive"
+    seed: int = 0
+    backbone: str = "tiny"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    progress_bar: bool = True
+    overwrite: bool = False
+
+
+def own_eval_kinds(stage: str, data: L.LightningDataModule) -> list[str]:
+    """A stage's own task first (it picks the best checkpoint), then the composed protocol to track progress."""
+    own = {"I": "caption_pairs", "II": "descriptions", "III": "composed"}[stage]
+    kinds = [own] if own != "composed" else []
+    return kinds + ["composed"]
+
+
+def flatten_results(results: dict[str, float], prefix: str = "test/") -> dict[str, float]:
+    return {k[len(prefix):]: float(v) for k, v in results.items() if k.startswith(prefix)}
+
+
+def run_stage(
+    name: str,
+    cfg: PipelineConfig,
+    stage: StageConfig,
+    init_from: str | None,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint."""
+    L.seed_everything(cfg.seed, workers=True)
+    stage_dir = run_dir / f"stage-{name}"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    data = instantiate_class((), cfg.data)
+    kinds = stage.eval_kinds or own_eval_kinds(name, data)
+    model_args = {"backbone": cfg.backbone, "backbone_kwargs": dict(cfg.backbone_kwargs) or None, **stage.model}
+    if init_from:
+        model_args["init_from"] = init_from
+        model_args["backbone_kwargs"] = None  # the weights come from the checkpoint, not from a source
+    model = STAGES[name](eval_kinds=kinds, **model_args)
+    evaluation = RetrievalEvaluation()
+    checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val/score", mode="max", save_top_k=1, save_last=False, enable_version_counter=False)
+    callbacks: list[Any] = [evaluation, checkpoint]
+    if cfg.progress_bar:
+        callbacks.append(RichProgressBar())
+    trainer_args = {
+        "logger": CSVLogger(run_dir, name=f"stage-{name}", version="logs"),
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "deterministic": False,
+        **cfg.trainer,
+        **stage.trainer,
+        "max_epochs": stage.max_epochs,
+        "max_steps": stage.max_steps,
+        "callbacks": callbacks,
+        "default_root_dir": str(stage_dir),
+        "enable_progress_bar": cfg.progress_bar,
+    }
+    (stage_dir / "config.yaml").write_text(
+        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger")}}, sort_keys=False)
+    )
+    trainer = L.Trainer(**trainer_args)
+    started = time.perf_counter()
+    if stage.max_epochs != 0 or stage.max_steps > 0:
+        trainer.fit(model, datamodule=data)
+    best = checkpoint.best_model_path
+    if not best:  # zero epochs (pretrained weights, evaluate only): save the model as it is
+        best = str(stage_dir / "best.ckpt")
+        trainer.strategy.connect(model)
+        trainer.save_checkpoint(best)
+    trainer.test(model, datamodule=data, ckpt_path=best if checkpoint.best_model_path else None, verbose=False)
+    return {
+        "checkpoint": best,
+        "seconds": round(time.perf_counter() - started, 1),
+        "metrics": evaluation.results.get("test", {}),
+        "epochs": trainer.current_epoch,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Hyper-parameters as plain YAML-able data."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / "results.json").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{run_dir} already holds a finished run (results.json); choose another run_dir or set overwrite: true")
+    unknown = sorted(set(cfg.stages) - set(STAGE_ORDER))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} in config; stages are {list(STAGE_ORDER)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": asdict(cfg), "stages": {}}
+    previous: str | None = None
+    for name in STAGE_ORDER:
+        stage = cfg.stages.get(name, StageConfig())
+        if not stage.enabled or name in skip:
+            results["stages"][name] = {"skipped": True}
+            continue
+        log.info("stage %s (init_from=%s)", name, previous)
+        outcome = run_stage(name, cfg, stage, previous, run_dir)
+        results["stages"][name] = outcome
+        previous = outcome["checkpoint"]
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(results_markdown(results))
+    return results
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """R@1/R@10/R@50 per category, averages and the mean adaptive weights after each stage."""
+    rows = []
+    cats: list[str] = []
+    for name, outcome in results["stages"].items():
+        if outcome.get("skipped"):
+            continue
+        metrics = outcome["metrics"]
+        composed = {k: v for k, v in metrics.items() if "/" in k and not k.split("/")[0].endswith(("-captions", "-descriptions"))}
+        for key in composed:
+            parts = key.split("/")
+            if len(parts) == 3 and parts[1] not in ("avg",) and parts[1] not in cats and parts[2].startswith("R@"):
+                cats.append(parts[1])
+        rows.append((name, composed))
+    header = ["after stage"] + [f"{c} R@{k}" for c in cats for k in (1, 10, 50)] + ["avg R@10", "avg R@50", "score", "w_img", "w_txt"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in rows:
+        proto = _protocol(m)
+        cells = [name]
+        cells += [_fmt(m.get(f"{proto}/{c}/R@{k}")) for c in cats for k in (1, 10, 50)]
+        cells += [_fmt(m.get(f"{proto}/avg/R@10")), _fmt(m.get(f"{proto}/avg/R@50")), _fmt(m.get(f"{proto}/score"))]
+        cells += [_fmt(_mean(m, proto, c, "w_img") if cats else None, 3), _fmt(_mean(m, proto, c, "w_txt") if cats else None, 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _protocol(metrics: dict[str, float]) -> str:
+    for key in metrics:
+        if key.endswith("/score"):
+            return key.split("/")[0]
+    return next(iter(metrics), "").split("/")[0]
+
+
+def _mean(metrics: dict[str, float], proto: str, _cat: str, which: str) -> float | None:
+    values = [v for k, v in metrics.items() if k.startswith(proto + "/") and k.endswith("/" + which)]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="ctiir progressive", description=__doc__, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (see examples/configs/synthetic.yaml)")
+    parser.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
+    parser.add_argument("--skip", type=list[str], default=[], help="stages to skip, e.g. --skip=[I,II]")
+    return parser
+
+
+def progressive_main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    skip = tuple(ns.pop("skip"))
+    ns.pop("config", None)
+    cfg = PipelineConfig(**{k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__})
+    cfg.stages = {k: StageConfig(**v) if isinstance(v, dict) else v for k, v in cfg.stages.items()}
+    bad = [s for s in skip if s not in STAGE_ORDER]
+    if bad:
+        parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
+    results = run_progressive(cfg, skip)
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(results_markdown(results)))
+    print(f"results: {Path(cfg.run_dir) / 'results.md'}")
+    return 0

@@ -1,0 +1,30 @@
+"""Prediction entry points that need a trained checkpoint: ``ctiir cirr-submission``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ctiir.stages import ComposedRetrieval
+
+
+def cirr_submission_main(argv: list[str] | None = None) -> int:
+    from ctiir.datamodules.cirr import CIRRDataModule
+    from ctiir.submission import predict_cirr_submission
+
+    parser = argparse.ArgumentParser(prog="ctiir cirr-submission", description="Write CIRR test-server submission files.")
+    parser.add_argument("--ckpt", required=True, help="a Stage III checkpoint (ComposedRetrieval)")
+    parser.add_argument("--root", required=True, help="CIRR root with captions/ and image_splits/")
+    parser.add_argument("--image-root", default=None, help="where the split files' relative image paths start (default: root)")
+    parser.add_argument("--out", required=True, help="output folder (existing files are never overwritten)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        parser.error(f"--ckpt: {args.ckpt} not found")
+    module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location="cpu")
+    module.eval()
+    data = CIRRDataModule(root=args.root, image_root=args.image_root, batch_size=args.batch_size)
+    data.set_transforms(module.backbone.eval_transform, module.backbone.eval_transform)
+    recall, subset = predict_cirr_submission(module, data, args.out)
+    print(f"wrote {recall} and {subset}")
+    return 0

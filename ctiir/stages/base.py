@@ -1,0 +1,294 @@
+"""``CTIIRStage``: what the three progressive stages share.
+
+- The backbone is injected (a registry name with its arguments, a spec dict, or a built ``Backbone``).
+- ``save_hyperparameters`` stores the backbone's *spec* and the fusion's *config* (not the objects), so
+  ``load_from_checkpoint`` rebuilds the model with no other input and fetches no weights.
+- ``init_from`` starts a stage from an earlier stage's checkpoint; any mismatch is an error.
+- Contrastive losses are computed against negatives gathered from every rank, with gradients.
+- ``encode_query`` / ``encode_gallery`` are the contract with the ``RetrievalEvaluation`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from transformers import get_cosine_schedule_with_warmup
+
+from ctiir.backbones import Backbone, build_backbone
+from ctiir.fusion import Fusion, build_fusion
+from ctiir.losses import ContrastiveLoss, ids_to_tensor
+
+log = logging.getLogger(__name__)
+
+BackboneArg = str | dict[str, Any] | Backbone
+FusionArg = str | dict[str, Any] | Fusion
+
+
+def resolve_backbone(backbone: BackboneArg, backbone_kwargs: dict[str, Any] | None) -> Backbone:
+    if isinstance(backbone, Backbone):
+        if backbone_kwargs:
+            raise ValueError("backbone_kwargs is only for a backbone given by name")
+        return backbone
+    if isinstance(backbone, str):
+        return build_backbone(backbone, **(backbone_kwargs or {}))
+    if isinstance(backbone, dict):
+        spec = {**backbone, **(backbone_kwargs or {})}
+        if "name" not in spec:
+            raise ValueError(f"a backbone spec needs a 'name' key, got keys {sorted(spec)}")
+        return build_backbone(**spec)
+    raise TypeError(f"backbone must be a name, a spec dict or a Backbone, got {type(backbone).__name__}")
+
+
+def resolve_fusion(fusion: FusionArg, fusion_kwargs: dict[str, Any] | None, embed_dim: int) -> Fusion:
+    if isinstance(fusion, Fusion):
+        if fusion_kwargs:
+            raise ValueError("fusion_kwargs is only for a fusion given by name")
+        fusion.bind(embed_dim)
+        return fusion
+    if isinstance(fusion, str):
+        return build_fusion(fusion, embed_dim=embed_dim, **(fusion_kwargs or {}))
+    if isinstance(fusion, dict):
+        config = {**fusion, **(fusion_kwargs or {})}
+        if "name" not in config:
+            raise ValueError(f"a fusion config needs a 'name' key, got keys {sorted(config)}")
+        stored = config.pop("embed_dim", None)
+        # A stored size that differs from the backbone's is an error naming both, not a silent rebuild.
+        return build_fusion(config.pop("name"), embed_dim=stored, **config).bind(embed_dim)
+    raise TypeError(f"fusion must be a name, a config dict or a Fusion, got {type(fusion).__name__}")
+
+
+def architecture(spec: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a backbone spec that decide the weights' shapes (not where they came from)."""
+    return {k: v for k, v in spec.items() if k not in ("pretrained", "cache_dir", "device", "precision", "preprocess_cfg")}
+
+
+class CTIIRStage(L.LightningModule):
+    """Base LightningModule of the three stages.
+
+    Args:
+        backbone: a registry name (``"tiny"``, ``"openclip:ViT-B-32"``, ``"hf-clip"``), a spec dict
+            ``{"name": ..., **kwargs}`` or a built ``Backbone``.
+        backbone_kwargs: arguments for a backbone given by name (e.g. ``{"pretrained": "openai"}``).
+        fusion: how composed queries are formed (a registry name, a config dict or a ``Fusion``). Stages I
+            and II only use it to report the composed zero-shot baseline; its parameters are frozen there.
+        fusion_kwargs: arguments for a fusion given by name.
+        lr_backbone / lr_heads: learning rates of the backbone and of everything else (fusion, logit scale).
+        weight_decay: AdamW weight decay (not applied to biases, norms, embeddings and the logit scale).
+        warmup_steps: linear warm-up steps (an int) or fraction of all steps (a float < 1), then cosine decay.
+        learn_logit_scale: whether the contrastive temperature is learned.
+        init_logit_scale: the temperature's start; default: the backbone's own (CLIP's ln(1/0.07)).
+        init_from: a checkpoint of an earlier stage to start from (backbone, temperature, and the fusion when
+            it has the same config).
+        grad_checkpointing: trade compute for memory where the backbone supports it.
+        eval_kinds: which evaluation tasks the ``RetrievalEvaluation`` callback runs for this stage.
+    """
+
+    training_data: str = ""
+    default_eval_kinds: tuple[str, ...] = ()
+    train_fusion: bool = False
+
+    def __init__(
+        self,
+        backbone: BackboneArg = "tiny",
+        backbone_kwargs: dict[str, Any] | None = None,
+        fusion: FusionArg = "fixed",
+        fusion_kwargs: dict[str, Any] | None = None,
+        lr_backbone: float = 1e-4,
+        lr_heads: float = 1e-3,
+        weight_decay: float = 0.1,
+        warmup_steps: float = 0.1,
+        learn_logit_scale: bool = True,
+        init_logit_scale: float | None = None,
+        init_from: str | None = None,
+        grad_checkpointing: bool = False,
+        eval_kinds: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "fusion"])
+        self.backbone = resolve_backbone(backbone, backbone_kwargs)
+        self.fusion = resolve_fusion(fusion, fusion_kwargs, self.backbone.embed_dim)
+        if not self.train_fusion:
+            self.fusion.requires_grad_(False)
+        scale = init_logit_scale if init_logit_scale is not None else getattr(self.backbone, "init_logit_scale", math.log(1 / 0.07))
+        self.criterion = ContrastiveLoss(scale, learnable=learn_logit_scale)
+        self.eval_kinds = tuple(eval_kinds) if eval_kinds is not None else self.default_eval_kinds
+        # Checkpoints store what rebuilds the model, never the objects or a weight source to fetch again.
+        self.hparams["backbone"] = self.backbone.checkpoint_spec()
+        self.hparams["backbone_kwargs"] = None
+        self.hparams["fusion"] = dict(self.fusion.config)
+        self.hparams["fusion_kwargs"] = None
+        if grad_checkpointing:
+            self.backbone.set_grad_checkpointing(True)
+        if init_from:
+            self.load_stage_weights(init_from)
+            self.hparams["initialized_from"] = str(init_from)
+            self.hparams["init_from"] = None
+
+    # ------------------------------------------------------------------ weights from an earlier stage
+    def load_stage_weights(self, path: str | Path) -> None:
+        """Start from an earlier stage's checkpoint. Another backbone or embedding size is an error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from: checkpoint {path} not found")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if "state_dict" not in ckpt:
+            raise ValueError(f"init_from: {path} is not a Lightning checkpoint (no 'state_dict')")
+        theirs = (ckpt.get("hyper_parameters") or {}).get("backbone")
+        ours = self.hparams["backbone"]
+        if isinstance(theirs, dict) and architecture(theirs) != architecture(ours):
+            raise ValueError(
+                f"init_from: {path} was trained with backbone {architecture(theirs)}, "
+                f"but this stage uses {architecture(ours)}"
+            )
+        state = ckpt["state_dict"]
+        backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        if not backbone_state:
+            raise ValueError(f"init_from: {path} holds no backbone weights")
+        own = self.backbone.state_dict()
+        missing = sorted(set(own) - set(backbone_state))
+        unexpected = sorted(set(backbone_state) - set(own))
+        mismatched = [k for k in own if k in backbone_state and own[k].shape != backbone_state[k].shape]
+        if missing or unexpected or mismatched:
+            detail = "; ".join(
+                f"{name}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+                for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+                if keys
+            )
+            raise ValueError(f"init_from: {path} does not fit this backbone ({detail})")
+        self.backbone.load_state_dict(backbone_state, strict=True)
+        loaded = ["backbone"]
+        if "criterion.logit_scale" in state:
+            self.criterion.logit_scale.data.copy_(state["criterion.logit_scale"])
+            loaded.append("logit scale")
+        theirs_fusion = (ckpt.get("hyper_parameters") or {}).get("fusion")
+        fusion_state = {k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")}
+        if theirs_fusion == self.hparams["fusion"] and fusion_state:
+            self.fusion.load_state_dict(fusion_state, strict=True)
+            loaded.append("fusion")
+        log.info("init_from %s: loaded %s", path, ", ".join(loaded))
+
+    # ------------------------------------------------------------------ encoders (callback contract)
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone.encode_image(images.to(self.device)).float(), dim=-1)
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.backbone.tokenize(list(texts)).to(self.device)
+        return F.normalize(self.backbone.encode_text(tokens).float(), dim=-1)
+
+    def compose(self, images: torch.Tensor, texts: Sequence[str] | Sequence[Sequence[str]]) -> torch.Tensor:
+        """Fused query embeddings. A query with several texts (a list) averages its fused embeddings."""
+        v = self.encode_images(images)
+        if texts and not isinstance(texts[0], str):
+            counts = {len(t) for t in texts}
+            if len(counts) != 1:
+                raise ValueError(f"queries with several texts must all have the same number, got {sorted(counts)}")
+            variants, weights = [], []
+            for j in range(counts.pop()):
+                variants.append(self.fusion(v, self.encode_texts([t[j] for t in texts])))
+                weights.append(self.fusion.last_weights)
+            if all(w is not None for w in weights):
+                self.fusion.last_weights = torch.stack(weights).mean(0)
+            return F.normalize(torch.stack(variants).mean(0), dim=-1)
+        return self.fusion(v, self.encode_texts(texts))
+
+    def encode_query(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "image" in batch and "text" in batch:
+            return self.compose(batch["image"], batch["text"])
+        if "text" in batch:
+            return self.encode_texts(batch["text"])
+        if "image" in batch:
+            return self.encode_images(batch["image"])
+        raise KeyError(f"a query batch needs 'image' and/or 'text', got keys {sorted(batch)}")
+
+    def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "image" in batch:
+            return self.encode_images(batch["image"])
+        if "text" in batch:
+            return self.encode_texts(batch["text"])
+        raise KeyError(f"a gallery batch needs 'image' or 'text', got keys {sorted(batch)}")
+
+    # ------------------------------------------------------------------ contrastive loss across ranks
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows, with gradients flowing back to each rank's own rows (open_clip's gather)."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def rank_offset(self, local_batch: int) -> int:
+        return 0 if self.trainer is None or self.trainer.world_size == 1 else self.global_rank * local_batch
+
+    def contrastive(
+        self, queries: torch.Tensor, keys: torch.Tensor, key_ids: Sequence[Any], symmetric: bool = False
+    ) -> torch.Tensor:
+        """InfoNCE of local queries against the global batch of keys, masking duplicate key ids."""
+        ids = self.gather(ids_to_tensor(key_ids, device=keys.device))
+        all_keys = self.gather(keys)
+        all_queries = self.gather(queries) if symmetric else None
+        return self.criterion(
+            queries, all_keys, ids, offset=self.rank_offset(queries.shape[0]), symmetric=symmetric,
+            queries_all=all_queries, query_ids_all=ids if symmetric else None,
+        )
+
+    def stage_loss(self, batch: Any) -> dict[str, torch.Tensor]:
+        """``{"loss": total, **parts}`` for one batch; implemented by each stage."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        parts = self.stage_loss(batch)
+        bs = self._batch_size(batch)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=bs)
+        self.log("train/logit_scale", self.criterion.scale(), batch_size=bs)
+        return parts["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        parts = self.stage_loss(batch)
+        bs = self._batch_size(batch)
+        for name, value in parts.items():
+            self.log(f"val/{name}", value, batch_size=bs, sync_dist=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    @staticmethod
+    def _batch_size(batch: Any) -> int:
+        if isinstance(batch, dict):
+            for value in batch.values():
+                if isinstance(value, torch.Tensor):
+                    return int(value.shape[0])
+                if isinstance(value, dict):
+                    return CTIIRStage._batch_size(value)
+                if isinstance(value, list):
+                    return len(value)
+        return 1
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        decay, no_decay, head_decay, head_no_decay = [], [], [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            flat = param.ndim < 2 or "bias" in name or "norm" in name or "ln_" in name or "embedding" in name or "logit_scale" in name
+            is_backbone = name.startswith("backbone.")
+            target = (no_decay if flat else decay) if is_backbone else (head_no_decay if flat else head_decay)
+            target.append(param)
+        hp = self.hparams
+        groups = [
+            {"params": decay, "lr": hp.lr_backbone, "weight_decay": hp.weight_decay, "name": "backbone"},
+            {"params": no_decay, "lr": hp.lr_backbone, "weight_decay": 0.0, "name": "backbone_no_decay"},
+            {"params": head_decay, "lr": hp.lr_heads, "weight_decay": hp.weight_decay, "name": "heads"},
+            {"params": head_no_decay, "lr": hp.lr_heads, "weight_decay": 0.0, "name": "heads_no_decay"},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(warmup, total), num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
