@@ -21,6 +21,8 @@ def read_json(path: str | Path) -> Any:
         raise AnnotationError(f"{path}: not UTF-8 text ({err})") from err
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: invalid or truncated JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except (ValueError, RecursionError) as err:  # e.g. an integer of thousands of digits, absurd nesting
+        raise AnnotationError(f"{path}: unreadable JSON ({type(err).__name__}: {str(err)[:200]})") from err
 
 
 def require(entry: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:

@@ -219,6 +219,10 @@ class CTIIRDataModule(L.LightningDataModule):
             return loaders["main"]
         return CombinedLoader(loaders, mode="max_size_cycle")
 
+    def test_dataloader(self) -> Any:
+        """The test loop's loss batches (the val split's); test metrics come from the callback's "test" tasks."""
+        return self.val_dataloader()
+
     # ------------------------------------------------------------------ evaluation tasks
     def retrieval_tasks(self, split: Split, kind: EvalKind) -> list[RetrievalTask]:
         """Evaluation tasks of one kind, built once per split and kind."""
@@ -241,7 +245,7 @@ class CTIIRDataModule(L.LightningDataModule):
         def make(pair: tuple[str, Path], i: int) -> dict[str, Any]:
             return {"gallery_id": i, "image": tf(load_rgb(pair[1], f"{what} gallery image {pair[0]}"))}
 
-        return ListDataset(list(zip(names, paths)), make)
+        return ListDataset(list(zip(names, paths, strict=True)), make)
 
     def image_text_tasks(self, records: Sequence[ImageText], protocol: str, split: str) -> list[RetrievalTask]:
         """text->image and image->text tasks over image-caption records (one gallery entry per image)."""

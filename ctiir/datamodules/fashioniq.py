@@ -444,6 +444,10 @@ class FashionIQDataModule(CTIIRDataModule):
         check_targets(gallery, kept, what)
         return gallery, kept
 
+    def protocol_name(self) -> str:
+        """The protocol tag in metric keys, e.g. ``fashioniq-original`` in ``val/fashioniq-original/dress/R@10``."""
+        return f"fashioniq-{self.protocol}"
+
     def composed_tasks(self, split: Split) -> list[RetrievalTask]:
         """One ``RetrievalTask`` per category over the val files (``"test"`` too: test targets are withheld)."""
         if self._annotation_split(split) != "val":
@@ -455,7 +459,7 @@ class FashionIQDataModule(CTIIRDataModule):
             queries = build_queries(captions, gallery_ids, self.query_text)
             if self.max_val_queries is not None:
                 queries = queries[: self.max_val_queries]
-            protocol = f"fashioniq-{self.protocol}"
+            protocol = self.protocol_name()
             gallery = self.gallery_dataset(gallery_ids, [self.images.path(i) for i in gallery_ids], f"{protocol} {cat}")
             paths = {q.candidate: self.images.path(q.candidate) for q in queries}
 

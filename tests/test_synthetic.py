@@ -1,0 +1,355 @@
+"""The synthetic benchmark generator: determinism, the FashionIQ format, output safety, and task difficulty.
+
+The difficulty tests use attribute-level oracles, not models: the captions are parsed with a keyword table
+written here (independently of the generator's phrase table), and gallery items are scored by how many
+attributes they share with what each oracle knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ctiir.datamodules import synthetic
+from ctiir.datamodules.errors import DataError
+from ctiir.datamodules.synthetic import (
+    CATEGORIES,
+    META_FILE,
+    SIZES,
+    SyntheticOutputError,
+    attribute_values,
+    generate,
+    synth_main,
+)
+
+ID_RE = re.compile(r"^S[0-9A-Z]{9}$")
+
+# What a caption phrase means, per attribute value. Written from the caption style, not from the generator.
+KEYWORDS: dict[str, dict[str, str]] = {
+    "color": {c: rf"\b{c}\b" for c in ("red", "blue", "green", "yellow", "black", "white", "pink", "purple")},
+    "pattern": {
+        "solid": r"solid colored|\bplain\b|no pattern",
+        "striped": r"horizontal",
+        "vertical-striped": r"vertical",
+        "dotted": r"polka|\bdotted\b",
+        "checked": r"\bcheck|plaid",
+    },
+    "sleeves": {
+        "sleeveless": r"sleeveless|no sleeves|without sleeves",
+        "short": r"short sleeve",
+        "long": r"long sleeve",
+    },
+    "length": {
+        "mini": r"\bmini\b",
+        "knee": r"\bknee\b",
+        "maxi": r"\bmaxi\b",
+        "cropped": r"\bcropped\b",
+        "hip": r"\bhip\b",
+        "tunic": r"\btunic\b",
+    },
+    "neckline": {
+        "v-neck": r"\bv[- ]neck",
+        "crew": r"crew neck|round neck",
+        "collar": r"collar",
+        "turtleneck": r"turtleneck|high neck",
+    },
+    "fit": {"fitted": r"fitted|tight|form fitting", "straight": r"straight", "loose": r"loose|flowy"},
+}
+
+
+def parse_caption(text: str) -> dict[str, str]:
+    """The attribute values a caption states; a caption naming two values of one attribute is a test failure."""
+    stated: dict[str, str] = {}
+    for attr, table in KEYWORDS.items():
+        hits = [value for value, pattern in table.items() if re.search(pattern, text)]
+        assert len(hits) <= 1, f"caption {text!r} is ambiguous about {attr}: {hits}"
+        if hits:
+            stated[attr] = hits[0]
+    return stated
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def load(root: Path, name: str):
+    return json.loads((root / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("synth") / "tiny", seed=0, size="tiny")
+
+
+# --------------------------------------------------------------------------------------------- determinism
+def test_same_seed_is_byte_identical_and_another_seed_differs(tiny: Path, tmp_path: Path) -> None:
+    again = generate(tmp_path / "again", seed=0, size="tiny")
+    other = generate(tmp_path / "other", seed=1, size="tiny")
+    first, second, third = sha256_tree(tiny), sha256_tree(again), sha256_tree(other)
+    assert len(first) > 100
+    assert first == second
+    assert set(first) != set(third)  # other ids
+    assert (tiny / "stage1/pairs.jsonl").read_bytes() != (other / "stage1/pairs.jsonl").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------- format
+def test_fashioniq_layout_keys_types_and_images(tiny: Path) -> None:
+    meta = load(tiny, META_FILE)
+    all_ids: dict[str, str] = {}
+    for cat in CATEGORIES:
+        split_ids: dict[str, list[str]] = {}
+        for split in ("train", "val", "test"):
+            ids = load(tiny, f"image_splits/split.{cat}.{split}.json")
+            assert isinstance(ids, list) and ids and all(isinstance(i, str) and ID_RE.match(i) for i in ids)
+            assert len(set(ids)) == len(ids)
+            split_ids[split] = ids
+            for i in ids:
+                assert i not in all_ids, f"id {i} in {cat}/{split} and {all_ids[i]}"
+                all_ids[i] = f"{cat}/{split}"
+            entries = load(tiny, f"captions/cap.{cat}.{split}.json")
+            assert isinstance(entries, list) and entries
+            for n, e in enumerate(entries):
+                expected_keys = {"candidate", "captions"} | ({"target"} if split != "test" else set())
+                assert set(e) == expected_keys, f"cap.{cat}.{split}.json entry {n}: keys {sorted(e)}"
+                caps = e["captions"]
+                assert isinstance(caps, list) and len(caps) == 2 and all(isinstance(c, str) and c.strip() for c in caps)
+                assert caps[0] != caps[1]
+                members = [e["candidate"]] + ([e["target"]] if "target" in e else [])
+                assert all(m in set(ids) for m in members), f"cap.{cat}.{split}.json entry {n} not in its split"
+                assert e.get("target") != e["candidate"]
+        val = load(tiny, f"captions/cap.{cat}.val.json")
+        referenced = {e["candidate"] for e in val} | {e["target"] for e in val}
+        assert len(split_ids["val"]) > len(referenced), "the val gallery holds no distractors"
+    for image_id in all_ids:
+        with Image.open(tiny / "images" / f"{image_id}.png") as img:
+            assert img.format == "PNG" and img.mode == "RGB" and img.size == (64, 64)
+    assert set(all_ids) == set(meta["garments"])
+    assert {p.stem for p in (tiny / "images").iterdir()} == set(all_ids)
+
+
+def test_jsonl_text_pairs(tiny: Path) -> None:
+    meta = load(tiny, META_FILE)
+    for name, expected in (
+        ("stage1/pairs.jsonl", len(meta["scenes"])),
+        ("stage2/descriptions.jsonl", len(meta["garments"])),
+    ):
+        rows = [json.loads(line) for line in (tiny / name).read_text(encoding="utf-8").splitlines()]
+        assert len(rows) == expected
+        for row in rows:
+            assert set(row) == {"image", "text", "split"} and row["split"] in ("train", "val", "test")
+            assert isinstance(row["text"], str) and row["text"].strip()
+            with Image.open(tiny / row["image"]) as img:
+                assert img.size == (64, 64) and img.mode == "RGB"
+    scenes = [json.loads(line) for line in (tiny / "stage1/pairs.jsonl").read_text().splitlines()]
+    counts = {s: sum(r["split"] == s for r in scenes) for s in ("train", "val")}
+    assert counts == {"train": SIZES["tiny"].stage1_train, "val": SIZES["tiny"].stage1_val}
+    # Stage I shares the colour and pattern vocabulary with the garments, and names each shape.
+    for row in scenes:
+        shapes = meta["scenes"][row["image"]]["shapes"]
+        for s in shapes:
+            assert s["color"] in row["text"] and s["shape"] in row["text"] and s["position"] in row["text"]
+    # Stage II descriptions state every attribute of their garment.
+    for row in (json.loads(line) for line in (tiny / "stage2/descriptions.jsonl").read_text().splitlines()):
+        garment = meta["garments"][Path(row["image"]).stem]
+        assert row["split"] == garment["split"]
+        for attr, value in garment["attributes"].items():
+            hits = [v for v, pattern in KEYWORDS[attr].items() if re.search(pattern, row["text"])]
+            if attr == "pattern" and value == "solid":
+                hits = ["solid"] if re.search(r"\bsolid\b|\bplain\b", row["text"]) else hits
+            assert hits == [value], f"description {row['text']!r}: {attr}={value}, parsed {hits}"
+
+
+def test_metadata_matches_files_and_captions_state_the_changes(tiny: Path) -> None:
+    meta = load(tiny, META_FILE)
+    assert (meta["seed"], meta["size"]) == (0, "tiny") and isinstance(meta["version"], int)
+    for cat in CATEGORIES:
+        for split in ("train", "val", "test"):
+            recorded = meta["triplets"][cat][split]
+            on_disk = load(tiny, f"captions/cap.{cat}.{split}.json")
+            assert len(recorded) == len(on_disk)
+            for t, e in zip(recorded, on_disk, strict=True):
+                assert t["candidate"] == e["candidate"] and t["captions"] == e["captions"]
+                ref = meta["garments"][t["candidate"]]["attributes"]
+                tgt = meta["garments"][t["target"]]["attributes"]
+                changed = {a: v for a, v in tgt.items() if ref[a] != v}
+                assert 2 <= len(changed) <= 3 and changed == t["changes"]
+                parsed = [parse_caption(c) for c in t["captions"]]
+                assert all(parsed), f"a caption states nothing: {t['captions']}"
+                assert not set(parsed[0]) & set(parsed[1]), f"captions repeat an attribute: {t['captions']}"
+                assert {**parsed[0], **parsed[1]} == changed, f"{t['captions']} vs {changed}"
+                assert [sorted(p) for p in parsed] == [sorted(c) for c in t["caption_changes"]]
+
+
+def test_eval_gallery_tuples_unique_and_hold_near_duplicates(tiny: Path) -> None:
+    meta = load(tiny, META_FILE)
+    g = meta["garments"]
+    for cat in CATEGORIES:
+        ids = load(tiny, f"image_splits/split.{cat}.val.json")
+        tuples = [tuple(sorted(g[i]["attributes"].items())) for i in ids]
+        assert len(set(tuples)) == len(tuples)
+        near_target = 0
+        for t in meta["triplets"][cat]["val"]:
+            target = g[t["target"]]["attributes"]
+            near_target += any(
+                sum(g[i]["attributes"][a] != v for a, v in target.items()) == 1 for i in ids if i != t["target"]
+            )
+        assert near_target == len(meta["triplets"][cat]["val"]), f"{cat}: a val target has no one-attribute neighbour"
+        for name, values in attribute_values(cat).items():
+            assert {g[i]["attributes"][name] for i in ids} <= set(values)
+
+
+# --------------------------------------------------------------------------------------------- difficulty
+def oracle_recall_at_1(root: Path, oracle: str, exclude_reference: bool) -> float:
+    """Mean expected R@1 (ties broken uniformly at random) of an attribute oracle over all val queries.
+
+    - ``composed``: the reference's attributes with the captions' stated changes applied;
+    - ``text``: only the attributes the captions state;
+    - ``image``: the reference's attributes;
+    - ``sum``: the reference's and the stated attributes both count (a fixed-sum fusion's analogue).
+    """
+    meta = load(root, META_FILE)
+    g = meta["garments"]
+    hits, total = 0.0, 0
+    for cat in CATEGORIES:
+        gallery = load(root, f"image_splits/split.{cat}.val.json")
+        for e in load(root, f"captions/cap.{cat}.val.json"):
+            ref = g[e["candidate"]]["attributes"]
+            stated: dict[str, str] = {}
+            for caption in e["captions"]:
+                stated.update(parse_caption(caption))
+            composed = {**ref, **stated}
+
+            def score(attrs: dict[str, str], ref=ref, stated=stated, composed=composed) -> int:
+                same = lambda want: sum(attrs[a] == v for a, v in want.items())  # noqa: E731
+                return {
+                    "composed": same(composed),
+                    "text": same(stated),
+                    "image": same(ref),
+                    "sum": same(ref) + same(stated),
+                }[oracle]
+
+            scores = {i: score(g[i]["attributes"]) for i in gallery if not (exclude_reference and i == e["candidate"])}
+            best = max(scores.values())
+            tied = [i for i, s in scores.items() if s == best]
+            hits += (e["target"] in tied) / len(tied)
+            total += 1
+    return 100.0 * hits / total
+
+
+@pytest.mark.parametrize("exclude_reference", [False, True])
+def test_composed_oracle_solves_it_but_single_modality_oracles_do_not(tiny: Path, exclude_reference: bool) -> None:
+    r = {o: oracle_recall_at_1(tiny, o, exclude_reference) for o in ("composed", "text", "image", "sum")}
+    print(
+        f"oracle R@1 (tiny, exclude_reference={exclude_reference}): " + ", ".join(f"{k}={v:.1f}" for k, v in r.items())
+    )
+    assert r["composed"] > 80
+    assert r["text"] < 35
+    assert r["image"] < 35
+    assert r["sum"] < r["composed"] - 30  # adding image and text evidence is not enough: changes must replace
+
+
+# --------------------------------------------------------------------------------------------- output safety
+def test_existing_identical_dataset_returns_quickly_untouched(tiny: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()}
+    assert generate(tiny, seed=0, size="tiny") == tiny
+    assert generate(tiny, seed=0, size="tiny", overwrite=True) == tiny
+    assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()} == before
+
+
+def test_refuses_foreign_directory_even_with_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(SyntheticOutputError, match=r"not empty.*synthetic\.json"):
+            generate(out, seed=0, size="tiny", overwrite=overwrite)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(SyntheticOutputError, match="not a directory"):
+        generate(a_file, size="tiny")
+    assert issubclass(SyntheticOutputError, DataError)
+
+
+def test_other_synthetic_dataset_needs_overwrite_and_foreign_files_block_it(tmp_path: Path) -> None:
+    out = generate(tmp_path / "ds", seed=0, size="tiny")
+    before = sha256_tree(out)
+    with pytest.raises(SyntheticOutputError, match=r"seed=0.*not seed=1.*overwrite"):
+        generate(out, seed=1, size="tiny")
+    assert sha256_tree(out) == before
+    (out / "images" / "mine.png").write_bytes(b"user data")
+    with pytest.raises(SyntheticOutputError, match=r"not part of.*images/mine\.png"):
+        generate(out, seed=1, size="tiny", overwrite=True)
+    assert (out / "images" / "mine.png").read_bytes() == b"user data"
+    (out / "images" / "mine.png").unlink()
+    generate(out, seed=1, size="tiny", overwrite=True)
+    assert load(out, META_FILE)["seed"] == 1
+    assert sha256_tree(out) == sha256_tree(generate(tmp_path / "fresh1", seed=1, size="tiny"))
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_damaged_dataset_is_reported_and_regenerated_only_on_request(tmp_path: Path) -> None:
+    out = generate(tmp_path / "ds", seed=0, size="tiny")
+    victim = next((out / "images").iterdir())
+    victim.unlink()
+    with pytest.raises(SyntheticOutputError, match=r"incomplete.*1 files missing.*overwrite"):
+        generate(out, seed=0, size="tiny")
+    generate(out, seed=0, size="tiny", overwrite=True)
+    assert victim.is_file()
+    (out / META_FILE).write_text("{not json")
+    with pytest.raises(SyntheticOutputError, match=r"synthetic\.json: unreadable"):
+        generate(out, seed=0, size="tiny", overwrite=True)
+
+
+def test_empty_existing_directory_is_used(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert generate(out, seed=0, size="tiny") == out
+    assert (out / META_FILE).is_file() and (out / "captions" / "cap.dress.val.json").is_file()
+
+
+def test_failure_mid_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = generate(tmp_path / "old", seed=0, size="tiny")
+    before = sha256_tree(old)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(synthetic, "render_scene", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(tmp_path / "new", seed=0, size="tiny")
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(old, seed=1, size="tiny", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]  # no partial output, no temporary directory
+    assert sha256_tree(old) == before  # the dataset that was to be replaced is intact
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown synthetic size 'huge'"):
+        generate("/nonexistent-never-written", size="huge")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        generate("/nonexistent-never-written", seed="3", size="tiny")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_dataset_and_reports_conflicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    assert synth_main(["--out", str(out), "--seed", "3", "--size", "tiny", "--quiet"]) == 0
+    meta = load(out, META_FILE)
+    assert (meta["seed"], meta["size"]) == (3, "tiny")
+    assert str(out) in capsys.readouterr().out
+    assert synth_main(["--out", str(out), "--seed", "4", "--size", "tiny", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert synth_main(["--out", str(out), "--seed", "4", "--size", "tiny", "--quiet", "--overwrite"]) == 0
+    assert load(out, META_FILE)["seed"] == 4
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(out), "--size", "enormous"])
