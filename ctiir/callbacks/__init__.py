@@ -1,0 +1,5 @@
+"""Lightning callbacks of ctiir."""
+
+from ctiir.callbacks.retrieval import RetrievalEvaluation
+
+__all__ = ["RetrievalEvaluation"]

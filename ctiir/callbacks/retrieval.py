@@ -1,0 +1,255 @@
+"""``RetrievalEvaluation``: ranked-retrieval metrics for every protocol a datamodule offers.
+
+Why a callback and not ``validation_step``: retrieval needs the whole gallery before any query can be
+ranked, and the gallery is a different dataset from the validation-loss batches. So at the end of a
+validation (or test) epoch this callback encodes each task's gallery and queries itself, ranks with the
+exact ``RecallAtK`` metric, and logs protocol-tagged keys (``val/fashioniq-original/dress/R@10``).
+
+Under DDP each rank encodes one ``DistributedSampler`` shard; ``RecallAtK`` gathers the shards and drops
+the sampler's padding repeats, so the logged numbers are the exact global ones on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
+from ctiir.metrics.recall import RecallAtK
+
+__all__ = ["RetrievalEvaluation", "summarise"]
+
+Prefix = Literal["val", "test"]
+
+
+class RetrievalEvaluation(L.Callback):
+    """Encode, rank and log every retrieval task of the attached datamodule at validation and test end.
+
+    Args:
+        kinds: task kinds to evaluate (``"composed"``, ``"caption_pairs"``, ``"descriptions"``); ``None``:
+            the module's ``eval_kinds``.
+        batch_size: encoding batch size; ``None``: the datamodule's ``eval_batch_size``.
+        num_workers: DataLoader workers; ``None``: the datamodule's ``num_workers`` (else 0).
+        chunk_size: queries ranked at once (memory ~ ``chunk_size x gallery size`` floats).
+        every_n_epochs: during ``fit``, evaluate at the end of every n-th epoch's validation
+            (``trainer.validate`` and ``trainer.test`` always evaluate). A checkpoint callback monitoring
+            ``val/score`` needs it evaluated at each validation it sees.
+
+    After each evaluation, ``results[prefix]`` (``prefix`` = ``"val"`` or ``"test"``) holds the logged
+    values as plain floats, keyed without the prefix: ``results["val"]["fashioniq-original/dress/R@10"]``,
+    ``results["val"]["score"]``.
+    """
+
+    def __init__(
+        self,
+        kinds: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        chunk_size: int = 1024,
+        every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        self.kinds = tuple(kinds) if kinds is not None else None
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"RetrievalEvaluation: {name} must be an int >= {low} or None; got {value!r}")
+        for name, value in (("chunk_size", chunk_size), ("every_n_epochs", every_n_epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RetrievalEvaluation: {name} must be a positive int; got {value!r}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.chunk_size = chunk_size
+        self.every_n_epochs = every_n_epochs
+        self.results: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == TrainerFn.FITTING  # a standalone trainer.validate() always evaluates
+        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        self.evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module, "test")
+
+    # ------------------------------------------------------------------------------------------ work
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: Prefix) -> dict[str, float]:
+        """Evaluate every task of the configured kinds, log the metrics and return them (unprefixed)."""
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "retrieval_tasks"):
+            raise RuntimeError(
+                "RetrievalEvaluation needs a datamodule with retrieval_tasks(split, kind) attached to the trainer "
+                f"(got {type(datamodule).__name__ if datamodule is not None else None})"
+            )
+        kinds = self.kinds if self.kinds is not None else getattr(pl_module, "eval_kinds", None)
+        if not kinds:
+            raise RuntimeError(
+                f"RetrievalEvaluation: no task kinds: {type(pl_module).__name__} has no eval_kinds and the callback "
+                "was given no kinds="
+            )
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None)
+        if not batch_size:
+            raise RuntimeError(
+                f"RetrievalEvaluation: {type(datamodule).__name__} has no eval_batch_size; pass batch_size= to the callback"
+            )
+        num_workers = self.num_workers if self.num_workers is not None else getattr(datamodule, "num_workers", 0)
+
+        tasks: list[RetrievalTask] = []
+        for kind in kinds:
+            tasks.extend(datamodule.retrieval_tasks(prefix, kind))
+        if not tasks:
+            rank_zero_warn(f"RetrievalEvaluation: the datamodule has no {prefix} tasks of kinds {tuple(kinds)}; nothing logged")
+            return {}
+        keys = [task.key for task in tasks]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"RetrievalEvaluation: several {prefix} tasks share the key(s) {repeated}; keys must be unique")
+
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            per_task = {task.key: self._evaluate_task(trainer, pl_module, task, batch_size, num_workers) for task in tasks}
+        finally:
+            pl_module.train(was_training)
+
+        values = summarise(tasks, per_task)
+        for key, value in values.items():
+            pl_module.log(f"{prefix}/{key}", value, sync_dist=False)
+        self.results[prefix] = values
+        return values
+
+    def _evaluate_task(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, task: RetrievalTask, batch_size: int, num_workers: int
+    ) -> dict[str, float]:
+        device = pl_module.device
+        metric = RecallAtK(
+            ks=task.ks, subset_ks=task.subset_ks, exclude_reference=task.exclude_reference, chunk_size=self.chunk_size
+        ).to(device)
+        fusion = getattr(pl_module, "fusion", None)
+        weights = _WeightMeans(task.key)
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            for batch in self._loader(trainer, task.gallery, batch_size, num_workers):
+                ids = batch["gallery_id"]
+                emb = pl_module.encode_gallery(move_data_to_device(batch, device))
+                metric.update_gallery(_checked_embedding(emb, len(ids), task.key, "encode_gallery"), ids)
+            for batch in self._loader(trainer, task.queries, batch_size, num_workers):
+                ids = batch["query_id"]
+                if fusion is not None and hasattr(fusion, "last_weights"):
+                    fusion.last_weights = None  # never read a previous call's weights
+                emb = pl_module.encode_query(move_data_to_device(batch, device))
+                metric.update(
+                    _checked_embedding(emb, len(ids), task.key, "encode_query"),
+                    ids,
+                    batch["target_id"],
+                    batch.get("reference_id"),
+                    batch.get("member_ids"),
+                )
+                if fusion is not None:
+                    weights.add(getattr(fusion, "last_weights", None), ids)
+        out = {f"{task.key}/{name}": float(value) for name, value in metric.compute().items()}
+        out.update(weights.compute(trainer.world_size > 1))
+        return out
+
+    def _loader(self, trainer: L.Trainer, dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+        sampler = None
+        if trainer.world_size > 1:
+            sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers, collate_fn=collate_retrieval
+        )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _checked_embedding(emb: Any, rows: int, key: str, fn: str) -> torch.Tensor:
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != rows:
+        shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise ValueError(f"task {key}: {fn} must return a ({rows}, D) tensor for a batch of {rows}; got {shape}")
+    return emb
+
+
+class _WeightMeans:
+    """Mean fusion weights ``(w_img, w_txt)`` of one task's queries, each query counted once (DDP-exact)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.ids: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
+        self.unusable: str | None = None
+
+    def add(self, weights: Any, ids: torch.Tensor) -> None:
+        if weights is None or self.unusable is not None:
+            return
+        if not isinstance(weights, torch.Tensor) or weights.shape != (len(ids), 2):
+            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            self.unusable = f"fusion.last_weights is {shape}, not ({len(ids)}, 2) for a batch of {len(ids)} queries"
+            rank_zero_warn(f"RetrievalEvaluation, task {self.key}: {self.unusable}; w_img/w_txt not logged")
+            return
+        self.ids.append(torch.as_tensor(ids, device=weights.device).long())
+        self.weights.append(weights.detach().float())
+
+    def compute(self, distributed: bool) -> dict[str, float]:
+        if self.unusable is not None or not self.weights:
+            return {}
+        ids, weights = torch.cat(self.ids), torch.cat(self.weights)
+        if distributed:
+            ids, weights = torch.cat(gather_all_tensors(ids)), torch.cat(gather_all_tensors(weights))
+        _, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(ids), dtype=torch.long, device=ids.device)
+        first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
+        mean = weights[first].mean(dim=0)
+        return {f"{self.key}/w_img": float(mean[0]), f"{self.key}/w_txt": float(mean[1])}
+
+
+def summarise(tasks: Sequence[RetrievalTask], per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-task values, per-protocol averages over subsets and headline scores (keys without the prefix).
+
+    ``{protocol}/avg/{metric}``: the mean over a protocol's subsets (only when it has several);
+    ``{protocol}/score``: the mean of the task's ``headline`` metrics (of the averages when several subsets:
+    FashionIQ's mean of 6, CIRR's (R@5 + Rsubset@1) / 2); ``score``: the first protocol's score.
+    """
+    out: dict[str, float] = {}
+    for values in per_task.values():
+        out.update(values)
+    groups: dict[str, list[RetrievalTask]] = {}
+    for task in tasks:
+        groups.setdefault(task.protocol, []).append(task)
+    for protocol, members in groups.items():
+        headline = tuple(members[0].headline)
+        for task in members[1:]:
+            if tuple(task.headline) != headline:
+                raise ValueError(
+                    f"protocol {protocol}: subsets disagree on the headline metrics ({members[0].key}: {headline}, "
+                    f"{task.key}: {tuple(task.headline)})"
+                )
+        if not headline:
+            raise ValueError(f"protocol {protocol}: task {members[0].key} names no headline metrics")
+        metric_values = [{k[len(t.key) + 1 :]: v for k, v in per_task[t.key].items()} for t in members]
+        if len(members) > 1:
+            common = [m for m in metric_values[0] if all(m in mv for mv in metric_values[1:])]
+            summary = {m: sum(mv[m] for mv in metric_values) / len(members) for m in common}
+            out.update({f"{protocol}/avg/{m}": v for m, v in summary.items()})
+        else:
+            summary = metric_values[0]
+        missing = [m for m in headline if m not in summary]
+        if missing:
+            raise ValueError(
+                f"protocol {protocol}: headline metrics {missing} were not computed (computed: {sorted(summary)}); "
+                "check the task's ks/subset_ks"
+            )
+        out[f"{protocol}/score"] = sum(summary[m] for m in headline) / len(headline)
+    out["score"] = out[f"{next(iter(groups))}/score"]
+    return out
