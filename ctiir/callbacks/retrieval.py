@@ -110,7 +110,11 @@ class RetrievalEvaluation(L.Callback):
 
         tasks: list[RetrievalTask] = []
         for kind in kinds:
-            tasks.extend(datamodule.retrieval_tasks(prefix, kind))
+            try:
+                tasks.extend(datamodule.retrieval_tasks(prefix, kind))
+            except NotImplementedError as err:
+                # e.g. Stage II's description retrieval on a dataset without descriptions: say so, go on.
+                rank_zero_warn(f"RetrievalEvaluation: skipped {prefix} tasks of kind {kind!r}: {err}")
         if not tasks:
             rank_zero_warn(f"RetrievalEvaluation: the datamodule has no {prefix} tasks of kinds {tuple(kinds)}; nothing logged")
             return {}

@@ -230,6 +230,7 @@ class CTIIRStage(L.LightningModule):
         """InfoNCE of local queries against the global batch of keys, masking duplicate key ids."""
         ids = self.gather(ids_to_tensor(key_ids, device=keys.device))
         all_keys = self.gather(keys)
+        self._keys_per_query = all_keys.shape[0]  # logged: shows that negatives come from every rank
         all_queries = self.gather(queries) if symmetric else None
         return self.criterion(
             queries, all_keys, ids, offset=self.rank_offset(queries.shape[0]), symmetric=symmetric,
@@ -246,6 +247,7 @@ class CTIIRStage(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=bs)
         self.log("train/logit_scale", self.criterion.scale(), batch_size=bs)
+        self.log("train/keys_per_query", float(getattr(self, "_keys_per_query", 0)), batch_size=bs)
         return parts["loss"]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
