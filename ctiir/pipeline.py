@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import yaml
-from jsonargparse import ArgumentParser, ActionConfigFile
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CSVLogger
@@ -71,7 +71,10 @@ def run_stage(
     init_from: str | None,
     run_dir: Path,
 ) -> dict[str, Any]:
-    """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint."""
+    """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint.
+
+    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``config.yaml`` and the CSV logs.
+    """
     L.seed_everything(cfg.seed, workers=True)
     stage_dir = run_dir / f"stage-{name}"
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +91,7 @@ def run_stage(
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
     trainer_args = {
-        "logger": CSVLogger(run_dir, name=f"stage-{name}", version="logs"),
+        "logger": CSVLogger(stage_dir, name="", version="logs"),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "deterministic": False,
@@ -114,6 +117,7 @@ def run_stage(
         trainer.save_checkpoint(best)
     trainer.test(model, datamodule=data, ckpt_path=best if checkpoint.best_model_path else None, verbose=False)
     return {
+        "fusion": model.hparams["fusion"]["name"],
         "checkpoint": best,
         "seconds": round(time.perf_counter() - started, 1),
         "metrics": evaluation.results.get("test", {}),
@@ -156,42 +160,48 @@ def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str
     return results
 
 
+def composed_summary(metrics: dict[str, float]) -> dict[str, Any]:
+    """The composed-retrieval part of a stage's test metrics: per-subset R@K, averages, score, weights.
+
+    The composed protocol is the one whose tasks have subsets other than ``t2i``/``i2t`` (Stage I and II's
+    own image<->text tasks are left out).
+    """
+    protocols = sorted({k.split("/")[0] for k in metrics if k.count("/") >= 2})
+    composed = [p for p in protocols if not any(k.startswith(f"{p}/t2i/") for k in metrics)]
+    if not composed:
+        return {}
+    proto = composed[0]
+    subsets = sorted({k.split("/")[1] for k in metrics if k.startswith(proto + "/") and k.count("/") == 2} - {"avg"})
+    out: dict[str, Any] = {"protocol": proto, "subsets": subsets}
+    for key, value in metrics.items():
+        if key.startswith(proto + "/"):
+            out[key[len(proto) + 1:]] = value
+    return out
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     """R@1/R@10/R@50 per category, averages and the mean adaptive weights after each stage."""
     rows = []
-    cats: list[str] = []
     for name, outcome in results["stages"].items():
         if outcome.get("skipped"):
             continue
-        metrics = outcome["metrics"]
-        composed = {k: v for k, v in metrics.items() if "/" in k and not k.split("/")[0].endswith(("-captions", "-descriptions"))}
-        for key in composed:
-            parts = key.split("/")
-            if len(parts) == 3 and parts[1] not in ("avg",) and parts[1] not in cats and parts[2].startswith("R@"):
-                cats.append(parts[1])
-        rows.append((name, composed))
-    header = ["after stage"] + [f"{c} R@{k}" for c in cats for k in (1, 10, 50)] + ["avg R@10", "avg R@50", "score", "w_img", "w_txt"]
+        rows.append((f"{name} ({outcome.get('fusion', '?')})", composed_summary(outcome["metrics"]), outcome.get("seconds")))
+    subsets = next((summary["subsets"] for _, summary, _ in rows if summary), [])
+    header = ["after stage (fusion)"] + [f"{c} R@{k}" for c in subsets for k in (1, 10, 50)]
+    header += ["avg R@10", "avg R@50", "mean", "w_img", "w_txt", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in rows:
-        proto = _protocol(m)
-        cells = [name]
-        cells += [_fmt(m.get(f"{proto}/{c}/R@{k}")) for c in cats for k in (1, 10, 50)]
-        cells += [_fmt(m.get(f"{proto}/avg/R@10")), _fmt(m.get(f"{proto}/avg/R@50")), _fmt(m.get(f"{proto}/score"))]
-        cells += [_fmt(_mean(m, proto, c, "w_img") if cats else None, 3), _fmt(_mean(m, proto, c, "w_txt") if cats else None, 3)]
+    for label, m, seconds in rows:
+        cells = [label] + [_fmt(m.get(f"{c}/R@{k}")) for c in subsets for k in (1, 10, 50)]
+        cells += [_fmt(m.get(f"avg/R@{k}", m.get(f"R@{k}"))) for k in (10, 50)]
+        cells += [_fmt(m.get("score")), _fmt(m.get("avg/w_img", m.get("w_img")), 3), _fmt(m.get("avg/w_txt", m.get("w_txt")), 3)]
+        cells += [_fmt(seconds, 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _protocol(metrics: dict[str, float]) -> str:
-    for key in metrics:
-        if key.endswith("/score"):
-            return key.split("/")[0]
-    return next(iter(metrics), "").split("/")[0]
-
-
-def _mean(metrics: dict[str, float], proto: str, _cat: str, which: str) -> float | None:
-    values = [v for k, v in metrics.items() if k.startswith(proto + "/") and k.endswith("/" + which)]
-    return sum(values) / len(values) if values else None
+    protocol = next((summary["protocol"] for _, summary, _ in rows if summary), "?")
+    note = (
+        f"\nProtocol `{protocol}`, test split (FashionIQ-style: val files). Stages I and II use the fixed-sum "
+        "fusion, so their rows are the fixed-sum zero-shot baseline after that stage.\n"
+    )
+    return "\n".join(lines) + "\n" + note
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

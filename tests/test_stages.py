@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -81,7 +80,7 @@ def test_init_from_carries_weights_and_rejects_another_backbone(tmp_path: Path) 
     t.strategy.connect(source)
     t.save_checkpoint(path)
     started = ComposedRetrieval(backbone="tiny", init_from=str(path))
-    for (name, a), b in zip(source.backbone.state_dict().items(), started.backbone.state_dict().values()):
+    for (name, a), b in zip(source.backbone.state_dict().items(), started.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert started.hparams["initialized_from"] == str(path) and started.hparams["init_from"] is None
     other = BACKBONE_OTHER()
@@ -98,25 +97,31 @@ def BACKBONE_OTHER():
     return build_backbone("hf-clip", **BACKBONES.test_kwargs("hf-clip"))
 
 
+class RecordLR(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+
 def test_optimizer_groups_and_schedule(synth_root: Path, tmp_path: Path) -> None:
     model = ComposedRetrieval(lr_backbone=1e-4, lr_heads=1e-2, warmup_steps=2)
-    t = trainer(tmp_path, max_steps=10)
-    t.strategy.connect(model)
-    t.fit_loop.setup_data = lambda: None  # estimated steps come from max_steps
-    config = model.configure_optimizers()
-    groups = {g["name"]: g for g in config["optimizer"].param_groups}
-    assert groups["backbone"]["lr"] == 0.0 and groups["heads"]["lr"] == 0.0, "warm-up starts at zero"
+    record = RecordLR()
+    t = trainer(tmp_path, max_steps=8, limit_val_batches=0, callbacks=[record])
+    t.fit(model, datamodule=data(synth_root))
+    groups = {g["name"]: g for g in t.optimizers[0].param_groups}
     assert groups["backbone"]["initial_lr"] == 1e-4 and groups["heads"]["initial_lr"] == 1e-2
-    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0 and groups["backbone"]["weight_decay"] > 0
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].startswith("backbone.") for p in groups["backbone"]["params"])
     assert any(names[id(p)] == "criterion.logit_scale" for p in groups["heads_no_decay"]["params"])
-    scheduler = config["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(10):
-        scheduler.step()
-        lrs.append(config["optimizer"].param_groups[0]["lr"])
-    assert lrs[1] == pytest.approx(1e-4) and lrs[-1] < lrs[3] and lrs[-1] >= 0
+    backbone = [r["backbone"] for r in record.lrs]
+    heads = [r["heads"] for r in record.lrs]
+    assert backbone[0] == 0.0, "linear warm-up starts at zero"
+    assert backbone[2] == pytest.approx(1e-4) and heads[2] == pytest.approx(1e-2), "warm-up reaches the peak"
+    assert backbone[2] > backbone[5] > backbone[7] > 0, "then cosine decay"
+    assert heads[5] / backbone[5] == pytest.approx(100.0), "the groups keep their own learning rates"
 
 
 def test_stage_two_tasks_switch_off(synth_root: Path, tmp_path: Path) -> None:
@@ -132,26 +137,29 @@ def test_stage_two_tasks_switch_off(synth_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_stage_three_learns_composed_retrieval(synth_root: Path, tmp_path: Path) -> None:
-    """A real behaviour check: the loss falls and recall rises well above chance and above the start."""
+def test_stage_three_learns_composed_retrieval(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """A real behaviour check: the loss falls and recall rises well above chance and above the start.
+
+    The "default" size is needed: the "tiny" one has too few triplets to generalise from.
+    """
+    from ctiir.datamodules.synthetic import generate
+
+    root = generate(tmp_path_factory.mktemp("synth-default") / "data", seed=0, size="default")
     torch.manual_seed(0)
-    dm = data(synth_root)
-    model = ComposedRetrieval(backbone="tiny", fusion="adaptive", lr_backbone=2e-3, lr_heads=2e-3, warmup_steps=0.05)
+    dm = SyntheticDataModule(root=str(root), batch_size=32, max_val_queries=60)
+    model = ComposedRetrieval(backbone="tiny", fusion="adaptive", lr_backbone=1e-3, lr_heads=1e-3, warmup_steps=0.05)
     evaluation = RetrievalEvaluation()
-    t = trainer(tmp_path, max_epochs=8, callbacks=[evaluation], logger=L.pytorch.loggers.CSVLogger(tmp_path), log_every_n_steps=1)
-    before = t.validate(model, datamodule=dm, verbose=False)
+    t = trainer(tmp_path, max_epochs=2, callbacks=[evaluation], logger=L.pytorch.loggers.CSVLogger(tmp_path), log_every_n_steps=1)
+    t.validate(model, datamodule=dm, verbose=False)
     start = dict(evaluation.results["val"])
     t.fit(model, datamodule=dm)
     after = evaluation.results["val"]
-    keys = [k for k in after if k.endswith("/avg/R@10")]
-    assert keys, after
-    key = keys[0]
-    gallery = len(dm.retrieval_tasks("val", "composed")[0].gallery_names)
+    gallery = sum(len(task.gallery_names) for task in dm.retrieval_tasks("val", "composed")) / 3
     chance = 100 * 10 / gallery
-    assert after[key] > max(2 * chance, start[key] + 10), (start[key], after[key], chance)
-    metrics = Path(t.logger.log_dir) / "metrics.csv"
+    key = "synthetic/avg/R@10"
+    assert after[key] > max(3 * chance, start[key] + 5), (start[key], after[key], chance)
     import csv
 
-    losses = [float(r["train/loss_step"]) for r in csv.DictReader(metrics.open()) if r.get("train/loss_step")]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
-    assert before and math.isfinite(after[key])
+    rows = csv.DictReader((Path(t.logger.log_dir) / "metrics.csv").open())
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3, losses

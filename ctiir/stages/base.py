@@ -217,12 +217,12 @@ class CTIIRStage(L.LightningModule):
     # ------------------------------------------------------------------ contrastive loss across ranks
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """All ranks' rows, with gradients flowing back to each rank's own rows (open_clip's gather)."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None or self._trainer.world_size == 1:
             return x
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
     def rank_offset(self, local_batch: int) -> int:
-        return 0 if self.trainer is None or self.trainer.world_size == 1 else self.global_rank * local_batch
+        return 0 if self._trainer is None or self._trainer.world_size == 1 else self.global_rank * local_batch
 
     def contrastive(
         self, queries: torch.Tensor, keys: torch.Tensor, key_ids: Sequence[Any], symmetric: bool = False
