@@ -163,3 +163,15 @@ def test_stage_three_learns_composed_retrieval(tmp_path_factory: pytest.TempPath
     rows = csv.DictReader((Path(t.logger.log_dir) / "metrics.csv").open())
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3, losses
+
+
+def test_predict_gives_gallery_and_query_embeddings(synth_root: Path, tmp_path: Path) -> None:
+    dm = SyntheticDataModule(root=str(synth_root), size="tiny", batch_size=16, max_val_queries=5)
+    model = ComposedRetrieval()
+    outputs = trainer(tmp_path).predict(model, datamodule=dm)
+    assert len(outputs) == 6, "a gallery and a query loader per category"
+    gallery, queries = outputs[0], outputs[1]
+    assert sum(len(b["gallery_id"]) for b in gallery) == len(dm.retrieval_tasks("test", "composed")[0].gallery_names)
+    assert sum(len(b["query_id"]) for b in queries) == 5
+    emb = torch.cat([b["embedding"] for b in queries])
+    assert emb.shape[1] == model.backbone.embed_dim and torch.allclose(emb.norm(dim=1), torch.ones(5), atol=1e-5)

@@ -223,6 +223,16 @@ class CTIIRDataModule(L.LightningDataModule):
         """The test loop's loss batches (the val split's); test metrics come from the callback's "test" tasks."""
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> list[DataLoader]:
+        """For ``ctiir predict``: each composed test task's gallery loader, then its query loader.
+
+        The stage's ``predict_step`` turns them into embeddings with their ids, ready for an external index.
+        """
+        loaders = []
+        for task in self.retrieval_tasks("test", "composed"):
+            loaders += [self._loader(task.gallery, False, self.eval_batch_size), self._loader(task.queries, False, self.eval_batch_size)]
+        return loaders
+
     # ------------------------------------------------------------------ evaluation tasks
     def retrieval_tasks(self, split: Split, kind: EvalKind) -> list[RetrievalTask]:
         """Evaluation tasks of one kind, built once per split and kind."""

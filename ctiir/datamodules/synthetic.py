@@ -766,8 +766,9 @@ class SyntheticDataModule(FashionIQDataModule):
     """The embedded benchmark, generated into ``root`` on first use and read as FashionIQ.
 
     Stage I reads ``stage1/pairs.jsonl`` (open-domain scenes), Stage II ``stage2/descriptions.jsonl`` and the
-    FashionIQ triplets, Stage III the triplets. Generation is deterministic in ``synth_seed`` and ``size``;
-    an existing identical dataset is reused, and a different one is never overwritten.
+    FashionIQ triplets, Stage III the triplets. Generation (in ``prepare_data``, so only one process per node
+    writes under DDP) is deterministic in ``synth_seed`` and ``size``; an existing identical dataset is reused,
+    and a different one is never overwritten.
     """
 
     name = "synthetic"
@@ -789,10 +790,6 @@ class SyntheticDataModule(FashionIQDataModule):
         max_val_queries: int | None = None,
         seed: int = 0,
     ) -> None:
-        if generate_if_missing:
-            generate(root, seed=synth_seed, size=size)
-        elif not (Path(root) / META_FILE).is_file():
-            raise FileNotFoundError(f"{root}: no synthetic dataset ({META_FILE} missing); run `ctiir synth --out {root}`")
         super().__init__(
             root=root,
             protocol=protocol,
@@ -810,6 +807,22 @@ class SyntheticDataModule(FashionIQDataModule):
         )
         self.size = size
         self.synth_seed = synth_seed
+        self.generate_if_missing = generate_if_missing
+
+    def prepare_data(self) -> None:
+        """Generate the benchmark once (Lightning calls this on one process per node, before ``setup``).
+
+        Call it yourself when using the datamodule without a trainer. An identical existing dataset is
+        reused; a different one is never overwritten.
+        """
+        if self.generate_if_missing:
+            generate(self.root, seed=self.synth_seed, size=self.size)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not (self.root / META_FILE).is_file():
+            hint = "call prepare_data() first" if self.generate_if_missing else f"run `ctiir synth --out {self.root}`"
+            raise FileNotFoundError(f"{self.root}: no synthetic dataset ({META_FILE} missing); {hint}")
+        super().setup(stage)
 
     def protocol_name(self) -> str:
         """``synthetic`` for the original protocol (``val/synthetic/dress/R@10``), else ``synthetic-val-split``."""

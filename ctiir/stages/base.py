@@ -259,6 +259,12 @@ class CTIIRStage(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Embeddings with their ids: gallery batches (``gallery_id``) or query batches (``query_id``)."""
+        if "query_id" in batch:
+            return {"query_id": batch["query_id"], "target_id": batch["target_id"], "embedding": self.encode_query(batch)}
+        return {"gallery_id": batch["gallery_id"], "embedding": self.encode_gallery(batch)}
+
     @staticmethod
     def _batch_size(batch: Any) -> int:
         if isinstance(batch, dict):
