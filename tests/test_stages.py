@@ -175,3 +175,15 @@ def test_predict_gives_gallery_and_query_embeddings(synth_root: Path, tmp_path: 
     assert sum(len(b["query_id"]) for b in queries) == 5
     emb = torch.cat([b["embedding"] for b in queries])
     assert emb.shape[1] == model.backbone.embed_dim and torch.allclose(emb.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_a_plain_trainer_reports_recall_and_a_given_callback_is_kept(synth_root: Path, tmp_path: Path) -> None:
+    dm = SyntheticDataModule(root=str(synth_root), size="tiny", batch_size=16, max_val_queries=6)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=1)
+    t.fit(ComposedRetrieval(), datamodule=dm)
+    assert "val/synthetic/avg/R@10" in t.callback_metrics and "val/score" in t.callback_metrics
+    own = RetrievalEvaluation(kinds=["composed"])
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[own])
+    t.fit(ComposedRetrieval(), datamodule=dm)
+    assert [c for c in t.callbacks if isinstance(c, RetrievalEvaluation)] == [own]
+    assert own.results["val"]["synthetic/avg/R@10"] == pytest.approx(float(t.callback_metrics["val/synthetic/avg/R@10"]))

@@ -277,6 +277,14 @@ class CTIIRStage(L.LightningModule):
                     return len(value)
         return 1
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Attach a ``RetrievalEvaluation`` unless the trainer has one, so a plain ``Trainer`` reports recall."""
+        from ctiir.callbacks import RetrievalEvaluation
+
+        if any(isinstance(c, RetrievalEvaluation) for c in self.trainer.callbacks):
+            return []
+        return [RetrievalEvaluation()]
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         decay, no_decay, head_decay, head_no_decay = [], [], [], []

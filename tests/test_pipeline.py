@@ -1,0 +1,79 @@
+"""``ctiir progressive``: stages chained through checkpoints, skipping, zero-epoch evaluation, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctiir.pipeline import progressive_main
+
+
+def write_config(tmp_path: Path, root: Path, run_dir: Path, stage_one_epochs: int = 0) -> Path:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"""
+run_dir: {run_dir}
+seed: 0
+backbone: tiny
+progress_bar: false
+data:
+  class_path: ctiir.datamodules.SyntheticDataModule
+  init_args: {{root: {root}, size: tiny, batch_size: 16, max_val_queries: 6}}
+trainer: {{accelerator: cpu, devices: 1, limit_train_batches: 2}}
+stages:
+  I: {{max_epochs: {stage_one_epochs}}}
+  II: {{max_epochs: 1, model: {{tasks: [t2i, i2i]}}}}
+  III: {{max_epochs: 1, model: {{fusion: adaptive}}}}
+"""
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ctiir.datamodules.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny")
+
+
+@pytest.mark.slow
+def test_progressive_chains_the_stages_and_writes_the_run_folder(synth_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert progressive_main(["--config", str(write_config(tmp_path, synth_root, run_dir))]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    stages = results["stages"]
+    for name in ("I", "II", "III"):
+        assert Path(stages[name]["checkpoint"]).is_file(), name
+        assert (run_dir / f"stage-{name}" / "config.yaml").is_file()
+    assert stages["I"]["epochs"] == 0, "max_epochs: 0 evaluates the initial weights only (pretrained CLIP's case)"
+    # Each stage started from the previous one's checkpoint.
+    for before, after in (("I", "II"), ("II", "III")):
+        hp = torch.load(stages[after]["checkpoint"], map_location="cpu", weights_only=False)["hyper_parameters"]
+        assert hp["initialized_from"] == stages[before]["checkpoint"]
+    assert stages["III"]["fusion"] == "adaptive" and stages["I"]["fusion"] == "fixed"
+    iii = stages["III"]["metrics"]
+    assert {"synthetic/dress/R@10", "synthetic/avg/R@50", "synthetic/score", "synthetic/avg/w_img"} <= set(iii)
+    table = (run_dir / "results.md").read_text()
+    assert "dress R@10" in table and "w_img" in table and table.count("\n| I") + table.count("\n| II") >= 2
+    # A finished run is never overwritten.
+    with pytest.raises(FileExistsError, match="already holds"):
+        progressive_main(["--config", str(write_config(tmp_path, synth_root, run_dir))])
+
+
+@pytest.mark.slow
+def test_skipped_stages_start_stage_three_from_scratch(synth_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path, synth_root, run_dir)
+    assert progressive_main(["--config", str(config), "--skip=[I, II]"]) == 0
+    stages = json.loads((run_dir / "results.json").read_text())["stages"]
+    assert stages["I"] == {"skipped": True} and stages["II"] == {"skipped": True}
+    hp = torch.load(stages["III"]["checkpoint"], map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert "initialized_from" not in hp
+
+
+def test_unknown_stage_names_are_errors(synth_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        progressive_main(["--config", str(write_config(tmp_path, synth_root, tmp_path / "r")), "--skip=[IV]"])
