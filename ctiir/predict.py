@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ctiir.stages import ComposedRetrieval
@@ -10,7 +11,8 @@ from ctiir.stages import ComposedRetrieval
 
 def cirr_submission_main(argv: list[str] | None = None) -> int:
     from ctiir.datamodules.cirr import CIRRDataModule
-    from ctiir.submission import predict_cirr_submission
+    from ctiir.datamodules.errors import DataError
+    from ctiir.submission import SubmissionError, predict_cirr_submission
 
     parser = argparse.ArgumentParser(prog="ctiir cirr-submission", description="Write CIRR test-server submission files.")
     parser.add_argument("--ckpt", required=True, help="a Stage III checkpoint (ComposedRetrieval)")
@@ -25,6 +27,10 @@ def cirr_submission_main(argv: list[str] | None = None) -> int:
     module.eval()
     data = CIRRDataModule(root=args.root, image_root=args.image_root, batch_size=args.batch_size)
     data.set_transforms(module.backbone.eval_transform, module.backbone.eval_transform)
-    recall, subset = predict_cirr_submission(module, data, args.out)
+    try:
+        recall, subset = predict_cirr_submission(module, data, args.out)
+    except (SubmissionError, DataError) as err:
+        print(f"ctiir cirr-submission: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {recall} and {subset}")
     return 0

@@ -261,3 +261,29 @@ def test_predict_refuses_skipped_queries(tmp_path: Path) -> None:
     with pytest.raises(SubmissionError, match="the server needs every query"):
         predict_cirr_submission(FakeModule(), dm, tmp_path / "sub")
     assert not (tmp_path / "sub").exists()
+
+
+def test_cirr_submission_command_from_a_stage_three_checkpoint(tmp_path: Path) -> None:
+    """`ctiir cirr-submission`: a real (tiny, untrained) Stage III checkpoint in, two valid files out."""
+    import lightning as L
+
+    from ctiir.cli import main
+    from ctiir.stages import ComposedRetrieval
+
+    cirr_test_split(tmp_path)
+    ckpt = tmp_path / "stage3.ckpt"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(ComposedRetrieval(backbone="tiny", fusion="gated"))
+    trainer.save_checkpoint(ckpt)
+    args = ["cirr-submission", "--ckpt", str(ckpt), "--root", str(tmp_path), "--image-root", str(tmp_path / "img_raw"), "--out", str(tmp_path / "sub")]
+    assert main(args) == 0
+    files = sorted((tmp_path / "sub").glob("*.json"))
+    assert len(files) == 2
+    for path in files:
+        data = json.loads(path.read_text())
+        metric = data["metric"]
+        validate_cirr_submission(data, metric)
+        assert len(data) - 2 == 9 * 6, "one ranking per query"
+    before = [p.read_bytes() for p in files]
+    assert main(args) == 1, "a second run must refuse, not overwrite"
+    assert [p.read_bytes() for p in files] == before
