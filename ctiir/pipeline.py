@@ -208,6 +208,26 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def print_summary(results: dict[str, Any]) -> None:
+    """A terminal-width table of the composed recall after each stage (per category: results.md)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="composed retrieval, test split (per category: results.md)")
+    for column in ("after stage", "fusion", "avg R@1", "avg R@10", "avg R@50", "mean", "w_img", "seconds"):
+        table.add_column(column, justify="left" if column in ("after stage", "fusion") else "right")
+    for name, outcome in results["stages"].items():
+        if outcome.get("skipped"):
+            table.add_row(name, "skipped", *["-"] * 6)
+            continue
+        m = composed_summary(outcome["metrics"])
+        table.add_row(
+            name, outcome["fusion"], _fmt(m.get("avg/R@1")), _fmt(m.get("avg/R@10")), _fmt(m.get("avg/R@50")),
+            _fmt(m.get("score")), _fmt(m.get("avg/w_img"), 3), _fmt(outcome["seconds"], 0),
+        )
+    Console().print(table)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ctiir progressive", description=__doc__, default_env=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (see examples/configs/synthetic.yaml)")
@@ -228,9 +248,6 @@ def progressive_main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
     results = run_progressive(cfg, skip)
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    Console().print(Markdown(results_markdown(results)))
+    print_summary(results)
     print(f"results: {Path(cfg.run_dir) / 'results.md'}")
     return 0
