@@ -47,10 +47,10 @@ def test_fusion_swaps_by_class_path_in_yaml(capsys: pytest.CaptureFixture[str], 
     assert fusion["class_path"] == "ctiir.fusion.AdaptiveWeighting" and fusion["init_args"]["mode"] == "rank"
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3", "fashioniq", "shoes"])
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3", "fashioniq", "shoes", "cirr"])
 def test_every_example_config_parses(capsys: pytest.CaptureFixture[str], stage: str) -> None:
     args = ["-c", str(CONFIGS / f"{stage}.yaml")]
-    if stage in ("fashioniq", "shoes"):
+    if stage in ("fashioniq", "shoes", "cirr"):
         args += ["--data.root", "/data/somewhere"]
     config = printed_config(capsys, *args)
     assert config["model"]["class_path"].startswith("ctiir.stages.")
