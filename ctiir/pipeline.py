@@ -53,15 +53,9 @@ class PipelineConfig:
     overwrite: bool = False
 
 
-def own_eval_kinds(stage: str, data: L.LightningDataModule) -> list[str]:
-    """A stage's own task first (it picks the best checkpoint), then the composed protocol to track progress."""
-    own = {"I": "caption_pairs", "II": "descriptions", "III": "composed"}[stage]
-    kinds = [own] if own != "composed" else []
-    return kinds + ["composed"]
-
-
-def flatten_results(results: dict[str, float], prefix: str = "test/") -> dict[str, float]:
-    return {k[len(prefix):]: float(v) for k, v in results.items() if k.startswith(prefix)}
+# Each stage's own task first (its score picks the best checkpoint), then the composed protocol, whose
+# fixed-sum scores after Stages I and II are the zero-shot baseline.
+STAGE_EVAL_KINDS = {"I": ["caption_pairs", "composed"], "II": ["descriptions", "composed"], "III": ["composed"]}
 
 
 def run_stage(
@@ -79,7 +73,7 @@ def run_stage(
     stage_dir = run_dir / f"stage-{name}"
     stage_dir.mkdir(parents=True, exist_ok=True)
     data = instantiate_class((), cfg.data)
-    kinds = stage.eval_kinds or own_eval_kinds(name, data)
+    kinds = stage.eval_kinds or STAGE_EVAL_KINDS[name]
     model_args = {"backbone": cfg.backbone, "backbone_kwargs": dict(cfg.backbone_kwargs) or None, **stage.model}
     if init_from:
         model_args["init_from"] = init_from
