@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CSVLogger
 
-from ctiir.callbacks import RetrievalEvaluation
+from ctiir.callbacks import EvaluationResult, RetrievalEvaluation
 from ctiir.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class StageConfig:
     max_steps: int = -1
     model: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
-    eval_kinds: list[str] | None = None
+    eval_kinds: list[str] | None = None  # default: the stage's own (``default_eval_kinds``)
 
 
 @dataclass
@@ -51,11 +51,6 @@ class PipelineConfig:
     stages: dict[str, StageConfig] = field(default_factory=dict)
     progress_bar: bool = True
     overwrite: bool = False
-
-
-# Each stage's own task first (its score picks the best checkpoint), then the composed protocol, whose
-# fixed-sum scores after Stages I and II are the zero-shot baseline.
-STAGE_EVAL_KINDS = {"I": ["caption_pairs", "composed"], "II": ["descriptions", "composed"], "III": ["composed"]}
 
 
 def run_stage(
@@ -73,12 +68,13 @@ def run_stage(
     stage_dir = run_dir / f"stage-{name}"
     stage_dir.mkdir(parents=True, exist_ok=True)
     data = instantiate_class((), cfg.data)
-    kinds = stage.eval_kinds or STAGE_EVAL_KINDS[name]
     model_args = {"backbone": cfg.backbone, "backbone_kwargs": dict(cfg.backbone_kwargs) or None, **stage.model}
     if init_from:
         model_args["init_from"] = init_from
         model_args["backbone_kwargs"] = None  # the weights come from the checkpoint, not from a source
-    model = STAGES[name](eval_kinds=kinds, **model_args)
+    if stage.eval_kinds is not None:
+        model_args["eval_kinds"] = stage.eval_kinds
+    model = STAGES[name](**model_args)
     evaluation = RetrievalEvaluation()
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val/score", mode="max", save_top_k=1, save_last=False, enable_version_counter=False)
     callbacks: list[Any] = [evaluation, checkpoint]
@@ -110,11 +106,13 @@ def run_stage(
         trainer.strategy.connect(model)
         trainer.save_checkpoint(best)
     trainer.test(model, datamodule=data, ckpt_path=best if checkpoint.best_model_path else None, verbose=False)
+    tested = evaluation.results.get("test", EvaluationResult("test"))
     return {
         "fusion": model.hparams["fusion"]["name"],
         "checkpoint": best,
         "seconds": round(time.perf_counter() - started, 1),
-        "metrics": evaluation.results.get("test", {}),
+        "metrics": tested.flat(),  # the logged keys, for reading results.json by eye
+        "evaluation": tested.to_dict(),  # the same numbers, structured: what the tables read
         "epochs": trainer.current_epoch,
     }
 
@@ -154,22 +152,22 @@ def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str
     return results
 
 
-def composed_summary(metrics: dict[str, float]) -> dict[str, Any]:
-    """The composed-retrieval part of a stage's test metrics: per-subset R@K, averages, score, weights.
+def composed_summary(outcome: EvaluationResult | dict[str, Any]) -> dict[str, Any]:
+    """The composed protocol of a stage's test results: per-subset metrics, averages, score, weights.
 
-    The composed protocol is the one whose tasks have subsets other than ``t2i``/``i2t`` (Stage I and II's
-    own image<->text tasks are left out).
+    Takes the callback's ``EvaluationResult`` or a stage outcome of ``results.json`` (its ``evaluation``).
+    Keys: ``protocol``, ``subsets``, ``<subset>/<metric>``, ``avg/<metric>`` (several subsets) or
+    ``<metric>`` (one), ``score``. Stage I and II's own image<->text protocols are left out.
     """
-    protocols = sorted({k.split("/")[0] for k in metrics if k.count("/") >= 2})
-    composed = [p for p in protocols if not any(k.startswith(f"{p}/t2i/") for k in metrics)]
-    if not composed:
+    result = outcome if isinstance(outcome, EvaluationResult) else EvaluationResult.from_dict(outcome["evaluation"])
+    composed = result.composed()
+    if composed is None:
         return {}
-    proto = composed[0]
-    subsets = sorted({k.split("/")[1] for k in metrics if k.startswith(proto + "/") and k.count("/") == 2} - {"avg"})
-    out: dict[str, Any] = {"protocol": proto, "subsets": subsets}
-    for key, value in metrics.items():
-        if key.startswith(proto + "/"):
-            out[key[len(proto) + 1:]] = value
+    out: dict[str, Any] = {"protocol": composed.protocol, "subsets": [s for s in composed.subsets if s]}
+    for subset, metrics in composed.subsets.items():
+        out.update({f"{subset}/{m}" if subset else m: v for m, v in metrics.items()})
+    out.update({f"avg/{m}": v for m, v in composed.average.items()})
+    out["score"] = composed.score
     return out
 
 
@@ -179,7 +177,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     for name, outcome in results["stages"].items():
         if outcome.get("skipped"):
             continue
-        rows.append((f"{name} ({outcome.get('fusion', '?')})", composed_summary(outcome["metrics"]), outcome.get("seconds")))
+        rows.append((f"{name} ({outcome.get('fusion', '?')})", composed_summary(outcome), outcome.get("seconds")))
     subsets = next((summary["subsets"] for _, summary, _ in rows if summary), [])
     header = ["after stage (fusion)"] + [f"{c} R@{k}" for c in subsets for k in (1, 10, 50)]
     header += ["avg R@10", "avg R@50", "mean", "w_img", "w_txt", "seconds"]
@@ -214,7 +212,7 @@ def print_summary(results: dict[str, Any]) -> None:
         if outcome.get("skipped"):
             table.add_row(name, "skipped", *["-"] * 6)
             continue
-        m = composed_summary(outcome["metrics"])
+        m = composed_summary(outcome)
         table.add_row(
             name, outcome["fusion"], _fmt(m.get("avg/R@1")), _fmt(m.get("avg/R@10")), _fmt(m.get("avg/R@50")),
             _fmt(m.get("score")), _fmt(m.get("avg/w_img"), 3), _fmt(outcome["seconds"], 0),

@@ -25,8 +25,9 @@ def cirr_submission_main(argv: list[str] | None = None) -> int:
         parser.error(f"--ckpt: {args.ckpt} not found")
     module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location="cpu")
     module.eval()
-    data = CIRRDataModule(root=args.root, image_root=args.image_root, batch_size=args.batch_size)
-    data.set_transforms(module.backbone.eval_transform, module.backbone.eval_transform)
+    recorded = module.preprocessing  # the datamodule asks for what the checkpoint records: no mismatch warning
+    preprocess = {"preprocess": recorded.mode, "target_pad_ratio": recorded.target_pad_ratio or 1.25} if recorded else {}
+    data = CIRRDataModule(root=args.root, image_root=args.image_root, batch_size=args.batch_size, **preprocess)
     try:
         recall, subset = predict_cirr_submission(module, data, args.out)
     except (SubmissionError, DataError) as err:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ctiir.datamodules.tasks import collate_retrieval
+from ctiir.fusion.base import as_fused
 
 VERSION = "rc2"
 LENGTHS = {"recall": 50, "recall_subset": 3}
@@ -250,7 +251,7 @@ def _encode(
     for batch in loader:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         ids.append(batch[id_key].cpu())
-        embs.append(encode(moved).float().cpu())
+        embs.append(as_fused(encode(moved)).query.float().cpu())
     order = torch.cat(ids)
     if not torch.equal(order.sort().values, torch.arange(len(dataset))):
         raise RuntimeError(f"{id_key}s are not 0..{len(dataset) - 1}: the dataset is not a ctiir retrieval dataset")
@@ -269,23 +270,24 @@ def predict_cirr_submission(
 ) -> tuple[Path, Path]:
     """Encode the split's gallery and queries with ``module`` and write both submission files.
 
-    ``module`` provides ``encode_gallery(batch)`` and ``encode_query(batch)`` (L2-normalised (B, D)) on
-    ``collate_retrieval`` batches; ``datamodule`` is a ``CIRRDataModule``. Transforms come from
-    ``module.backbone`` when the datamodule has none yet. The module's training mode is restored afterwards.
+    ``module`` provides ``encode_gallery(batch)`` and ``encode_query(batch)`` on ``collate_retrieval``
+    batches; ``datamodule`` is a ``CIRRDataModule``. A ctiir stage serves the datamodule in inference mode,
+    so the images are preprocessed as its checkpoint records (a datamodule asking for another preprocessing
+    gets a warning naming both); another module must come with a datamodule whose transforms are set. The
+    module's training mode is restored afterwards.
     """
-    if datamodule.eval_transform is None:
-        backbone = getattr(module, "backbone", None)
-        if backbone is None:
-            raise RuntimeError("the datamodule has no transforms and the module no backbone: call set_transforms first")
-        from ctiir.datamodules.transforms import resolve_transforms
-
-        datamodule.set_transforms(*resolve_transforms(backbone, datamodule.preprocess, datamodule.target_pad_ratio))
-    task = datamodule.submission_task(split)
-    if task.extra.get("skipped_queries") or task.extra.get("skipped_gallery"):
+    data_request = getattr(module, "data_request", None)
+    if data_request is not None:
+        datamodule.serve(data_request(inference=True))
+    elif datamodule.eval_transform is None:
+        raise RuntimeError("the datamodule has no transforms and the module is no ctiir stage: call set_transforms first")
+    evaluation = datamodule.submission_evaluation(split)
+    if evaluation.skipped_queries or evaluation.skipped_gallery:
         raise SubmissionError(
-            f"{task.extra.get('skipped_queries')} queries and {task.extra.get('skipped_gallery')} gallery images were "
-            "skipped for missing images; the server needs every query: fix the data and use on_missing='error'"
+            f"{evaluation.skipped_queries} queries and {evaluation.skipped_gallery} gallery images were skipped for "
+            "missing images; the server needs every query: fix the data and use on_missing='error'"
         )
+    task = datamodule.composed_task(evaluation)
     batch_size = batch_size or datamodule.eval_batch_size
     device = _device(module)
     was_training = bool(getattr(module, "training", False))
@@ -300,20 +302,20 @@ def predict_cirr_submission(
     finally:
         if was_training and hasattr(module, "train"):
             module.train()
-    index = {n: i for i, n in enumerate(task.gallery_names)}
-    references = task.extra["references"]
-    members = task.extra["members"]
-    ref_index = torch.tensor([index.get(r, -1) for r in references], dtype=torch.long)
-    width = max(len(m) for m in members)
-    member_index = torch.tensor([[index[n] for n in m] + [-1] * (width - len(m)) for m in members], dtype=torch.long)
-    top50, top3 = cirr_rankings(queries, gallery, ref_index, member_index, task.gallery_names)
+    resolved = evaluation.queries
+    ref_index = torch.tensor([r.reference_index for r in resolved], dtype=torch.long)
+    width = evaluation.member_width
+    member_index = torch.tensor(
+        [list(r.member_indices) + [-1] * (width - len(r.member_indices)) for r in resolved], dtype=torch.long
+    )
+    top50, top3 = cirr_rankings(queries, gallery, ref_index, member_index, evaluation.gallery_names)
     return write_cirr_submission(
-        task.query_names,
+        evaluation.query_names,
         top50,
         top3,
         out_dir,
         name,
-        gallery_names=task.gallery_names,
-        references=references,
-        members=members,
+        gallery_names=evaluation.gallery_names,
+        references=[r.query.reference_id for r in resolved],
+        members=[r.query.members for r in resolved],
     )

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         third.model = {**third.model, "fusion": fusion}
         name = "-".join((*before, "III")) + f"-{fusion}"
         outcome = run_stage("III", cfg, third, prefixes[before]["checkpoint"], run_dir / name)
-        rows.append({"variant": label, "stages": [*before, "III"], "fusion": fusion, **composed_summary(outcome["metrics"]), "seconds": outcome["seconds"]})
+        rows.append({"variant": label, "stages": [*before, "III"], "fusion": fusion, **composed_summary(outcome), "seconds": outcome["seconds"]})
     baselines = [
-        {"variant": f"fixed-sum zero-shot after {'+'.join(p)}", **composed_summary(o["metrics"])}
+        {"variant": f"fixed-sum zero-shot after {'+'.join(p)}", **composed_summary(o)}
         for p, o in prefixes.items() if p
     ]
     table = ablation_markdown(baselines + rows)

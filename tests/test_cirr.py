@@ -184,7 +184,7 @@ def test_train_triplets_and_test_split_without_targets(tmp_path: Path) -> None:
         dm.triplets("test")
     queries = read_cirr_captions(tmp_path, "test")
     assert len(queries) == 54 and all(q.target is None for q in queries)
-    task = dm.submission_task()
+    task = dm.composed_task(dm.submission_evaluation())
     assert len(task.gallery_names) == 54 and task.queries[0]["target_id"] == -1
     assert task.queries[0]["reference_id"] == 0 and task.queries[0]["member_ids"] == list(range(6))
     # without val files the evaluation says which file is missing
@@ -215,7 +215,7 @@ BAD_CAPTIONS = [
     ([_entry(pairid="7")], r"entry 0: key 'pairid' must be int"),
     ([_entry(pairid=True)], r"entry 0: key 'pairid' must be int"),
     ([{k: v for k, v in _entry().items() if k != "target_hard"}], r"entry 0: missing key 'target_hard'"),
-    ([_entry(caption=" ")], r"entry 0: caption is empty"),
+    ([_entry(caption=3)], r"entry 0: key 'caption' must be str"),
     ([_entry(reference="../x")], r"entry 0: reference '../x' contains a path separator"),
     ([_entry(target_soft=[1])], r"entry 0: target_soft must be an object"),
     ([_entry(img_set={"id": 0, "members": []})], r"entry 0: img_set.members is empty"),
@@ -234,6 +234,22 @@ def test_caption_errors_name_file_and_entry(tmp_path: Path, entries, message: st
     with pytest.raises(AnnotationError, match=message) as info:
         read_cirr_captions(tmp_path, "val")
     assert "cap.rc2.val.json" in str(info.value)
+
+
+def test_a_blank_caption_is_kept_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The official test split has one entry whose caption is a single space (pairid 27098); the server needs
+    every pairid, so the query is kept, as FashionIQ's blank captions are, and a warning names it."""
+    entries, split_map = synthetic_split("test1", 1, with_targets=False)
+    entries[2]["caption"] = " "
+    write_cirr(tmp_path, "test1", entries, split_map)
+    placeholder_images(tmp_path, split_map)
+    with caplog.at_level("WARNING"):
+        queries = read_cirr_captions(tmp_path, "test")
+    assert [q.caption for q in queries][2] == " " and len(queries) == 6
+    assert "cap.rc2.test1.json entry 2" in caplog.text and "pairid 2" in caplog.text and "blank" in caplog.text
+    dm = CIRRDataModule(str(tmp_path))
+    evaluation = dm.submission_evaluation()
+    assert evaluation.query_names == [str(e["pairid"]) for e in entries]
 
 
 BAD_SPLITS = [

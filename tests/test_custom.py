@@ -11,14 +11,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ctiir.datamodules.custom import (
-    CustomDataModule,
-    MissingSplitError,
-    read_gallery_file,
-    read_image_text_pairs,
-    read_triplets,
-)
+from ctiir.datamodules.custom import CustomDataModule
 from ctiir.datamodules.errors import AnnotationError, DataError
+from ctiir.datamodules.tables import MissingSplitError, read_gallery_file, read_image_text_pairs, read_triplets
 
 TF = T.Compose([T.Resize((8, 8)), T.ToTensor()])
 
@@ -205,7 +200,7 @@ def test_composed_task_gallery_queries_and_reference(tmp_path: Path) -> None:
     assert task.exclude_reference is True
     items = [task.queries[i] for i in range(len(task.queries))]
     assert [(q["reference_id"], q["target_id"]) for q in items] == [(0, 1), (1, 2), (-1, 2)]
-    assert task.extra["reference_is_target"] == 1
+    assert task.evaluation.reference_is_target == 1
     assert items[0]["text"] == "is blue" and items[0]["image"].shape == (3, 8, 8)
     assert task.gallery[3]["gallery_id"] == 3
     train = dm.triplets("train")
@@ -259,7 +254,7 @@ def test_missing_images_error_or_skip(tmp_path: Path, caplog: pytest.LogCaptureF
         (task,) = skip.composed_tasks("val")
     # t2 was the first query's target and the second query's reference: both queries go, and are counted
     assert task.gallery_names == ["img/r1.jpg", "img/r3.jpg"]
-    assert len(task.queries) == 1 and task.extra["skipped_queries"] == 2 and task.extra["skipped_gallery"] == 1
+    assert len(task.queries) == 1 and task.evaluation.skipped_queries == 2 and task.evaluation.skipped_gallery == 1
     assert "skipped 1 of 3" in caplog.text and "removed 1 queries whose target" in caplog.text
 
 

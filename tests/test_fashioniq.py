@@ -18,11 +18,10 @@ from ctiir.datamodules.errors import AnnotationError, DataError
 from ctiir.datamodules.fashioniq import (
     CATEGORIES,
     FashionIQDataModule,
-    build_queries,
-    fashioniq_protocol,
     read_fashioniq_captions,
     read_fashioniq_split,
 )
+from ctiir.datamodules.protocol import EvaluationSet
 from ctiir.datamodules.tasks import collate_retrieval
 
 OFFICIAL = {"dress": (3817, 2017), "shirt": (6346, 2038), "toptee": (5373, 1961)}
@@ -40,25 +39,63 @@ def fiq(shared_data: Path) -> Path:
     return shared_data / "fashioniq"
 
 
-@pytest.mark.parametrize("cat", CATEGORIES)
-def test_real_original_protocol_counts(fiq: Path, cat: str) -> None:
-    gallery, queries = fashioniq_protocol(fiq, cat, "original")
-    assert (len(gallery), len(queries)) == OFFICIAL[cat]
-    assert gallery == raw(fiq, "split", cat, "val")  # every id, in file order
+def link_images(folder: Path, ids: set[str], source: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        os.link(source, folder / f"{image_id}.png")
+
+
+def used_ids(fiq: Path, cat: str, splits: tuple[str, ...]) -> set[str]:
+    ids: set[str] = set()
+    for split in splits:
+        ids.update(raw(fiq, "split", cat, split))
+        for e in raw(fiq, "cap", cat, split):
+            ids.update(v for k, v in e.items() if k in ("candidate", "target"))
+    return ids
+
+
+def dress_ids(fiq: Path, splits: tuple[str, ...]) -> set[str]:
+    return used_ids(fiq, "dress", splits)
+
+
+@pytest.fixture(scope="module")
+def placeholder(fiq: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real annotations with one tiny PNG hard-linked under every id that the val files of every category
+    (and the dress train files) use: the datamodule's own evaluation path then runs on the official files."""
+    root = tmp_path_factory.mktemp("fiq-images")
+    png = root / "placeholder.png"
+    Image.new("RGB", (12, 20), (200, 30, 60)).save(png)
+    ids = dress_ids(fiq, ("train",)).union(*(used_ids(fiq, cat, ("val",)) for cat in CATEGORIES))
+    link_images(root / "images", ids, png)
+    return root
+
+
+def evaluations(placeholder: Path, fiq: Path, **kwargs) -> dict[str, EvaluationSet]:
+    """The val evaluation sets per category, exactly as training builds them (no transforms needed)."""
+    dm = FashionIQDataModule(root=str(placeholder), annotations_root=str(fiq), **kwargs)
+    return {ev.subset: ev for ev in dm.evaluation_sets("val")}
 
 
 @pytest.mark.parametrize("cat", CATEGORIES)
-def test_real_val_split_gallery_is_the_union(fiq: Path, cat: str) -> None:
-    gallery, queries = fashioniq_protocol(fiq, cat, "val-split")
+def test_real_original_protocol_counts(placeholder: Path, fiq: Path, cat: str) -> None:
+    ev = evaluations(placeholder, fiq, categories=[cat])[cat]
+    assert (len(ev.gallery), len(ev.queries)) == OFFICIAL[cat]
+    assert ev.gallery_names == raw(fiq, "split", cat, "val")  # every id, in file order
+    assert ev.key == f"fashioniq-original/{cat}" and ev.skipped_gallery == ev.skipped_queries == 0
+
+
+@pytest.mark.parametrize("cat", CATEGORIES)
+def test_real_val_split_gallery_is_the_union(placeholder: Path, fiq: Path, cat: str) -> None:
+    ev = evaluations(placeholder, fiq, categories=[cat], protocol="val-split")[cat]
     entries = raw(fiq, "cap", cat, "val")
-    assert len(queries) == OFFICIAL[cat][1]
+    assert len(ev.queries) == OFFICIAL[cat][1]
     expected = list(dict.fromkeys(i for e in entries for i in (e["candidate"], e["target"])))
+    gallery = ev.gallery_names
     assert gallery == expected
     assert len(set(gallery)) == len(gallery)
-    members = set(gallery)
-    assert all(q.candidate in members and q.target in members for q in queries)
+    assert all(r.reference_index >= 0 and r.target_index >= 0 for r in ev.queries)
     # a strict sub-gallery of the original one
-    assert members < set(raw(fiq, "split", cat, "val"))
+    assert set(gallery) < set(raw(fiq, "split", cat, "val"))
 
 
 @pytest.mark.parametrize("cat", CATEGORIES)
@@ -75,75 +112,50 @@ def test_real_files_parse(fiq: Path, cat: str, split: str) -> None:
         assert all(c.target is not None for c in captions)
 
 
-def test_real_text_modes(fiq: Path) -> None:
-    gallery, captions = fashioniq_protocol(fiq, "dress", "original")
-    first = captions[0]
-    assert first.captions == ("is shiny and silver with shorter sleeves", "fit and flare")
-    clip = build_queries(captions, gallery, "clip4cir")
-    assert len(clip) == len(captions)
-    assert clip[0].text == "Is shiny and silver with shorter sleeves and fit and flare"
-    average = build_queries(captions, gallery, "average")
-    assert average[0].text == [
+def test_real_text_modes(placeholder: Path, fiq: Path) -> None:
+    clip = evaluations(placeholder, fiq, categories=["dress"])["dress"]
+    entries = raw(fiq, "cap", "dress", "val")
+    assert tuple(entries[0]["captions"]) == ("is shiny and silver with shorter sleeves", "fit and flare")
+    assert len(clip.queries) == len(entries)
+    assert clip.queries[0].query.text == "Is shiny and silver with shorter sleeves and fit and flare"
+    average = evaluations(placeholder, fiq, categories=["dress"], query_text="average")["dress"]
+    assert average.queries[0].query.text == [
         "Is shiny and silver with shorter sleeves and fit and flare",
         "Fit and flare and is shiny and silver with shorter sleeves",
     ]
-    two = build_queries(captions, gallery, "two-queries")
-    entries = raw(fiq, "cap", "dress", "val")
-    assert len(two) == 2 * len(captions)
-    assert len({q.name for q in two}) == len(two)
-    for a, b, c, entry in zip(two[0::2], two[1::2], clip, captions, strict=True):
-        c0, c1 = entry.captions
-        assert a.text == c.text
-        assert b.text == f"{c1.strip('.?, ').capitalize()} and {c0.strip('.?, ')}"  # CLIP4Cir's formula, swapped
+    two = evaluations(placeholder, fiq, categories=["dress"], query_text="two-queries")["dress"]
+    gallery = two.gallery_names
+    assert len(two.queries) == 2 * len(entries)
+    assert len(set(two.query_names)) == len(two.queries)
+    for a, b, c, entry in zip(two.queries[0::2], two.queries[1::2], clip.queries, entries, strict=True):
+        c0, c1 = entry["captions"]
+        assert a.query.text == c.query.text
+        assert b.query.text == f"{c1.strip('.?, ').capitalize()} and {c0.strip('.?, ')}"  # CLIP4Cir's, swapped
         assert a.target_index == b.target_index == c.target_index
         assert a.reference_index == b.reference_index == c.reference_index
-        assert gallery[a.target_index] == entries[int(a.name.split("#")[1])]["target"]
+        assert gallery[a.target_index] == entries[int(a.query.name.split("#")[1])]["target"]
 
 
-def test_real_blank_caption_entry_is_kept_verbatim(fiq: Path) -> None:
+def test_real_blank_caption_entry_is_kept_verbatim(placeholder: Path, fiq: Path) -> None:
     """cap.shirt.val.json entry 1928 has a blank first caption; the official count includes it."""
     captions = read_fashioniq_captions(fiq, "shirt", "val")
     entry = captions[1928]
     assert entry.captions[0] == "" and entry.captions[1].strip()
-    gallery, _ = fashioniq_protocol(fiq, "shirt", "original")
-    (query,) = build_queries([entry], gallery, "clip4cir")
+    query = evaluations(placeholder, fiq, categories=["shirt"])["shirt"].queries[1928].query
+    assert query.name == "cap.shirt.val.json#1928"
     assert query.text == " and " + entry.captions[1].strip(".?, ")  # CLIP4Cir's concatenation, unchanged
 
 
 @pytest.mark.parametrize("protocol", ["original", "val-split"])
-def test_real_reference_positions(fiq: Path, protocol: str) -> None:
-    gallery, captions = fashioniq_protocol(fiq, "toptee", protocol)
-    for q in build_queries(captions, gallery, "clip4cir"):
-        assert gallery[q.reference_index] == q.candidate
-        assert q.reference_index != q.target_index
+def test_real_reference_positions(placeholder: Path, fiq: Path, protocol: str) -> None:
+    ev = evaluations(placeholder, fiq, categories=["toptee"], protocol=protocol)["toptee"]
+    gallery = ev.gallery_names
+    for r in ev.queries:
+        assert gallery[r.reference_index] == r.query.reference_id
+        assert r.reference_index != r.target_index and r.excluded_index == r.reference_index
 
 
 # ---------------------------------------------------------------------------------------------- placeholder images
-def link_images(folder: Path, ids: set[str], source: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_id in ids:
-        os.link(source, folder / f"{image_id}.png")
-
-
-def dress_ids(fiq: Path, splits: tuple[str, ...]) -> set[str]:
-    ids: set[str] = set()
-    for split in splits:
-        ids.update(raw(fiq, "split", "dress", split))
-        for e in raw(fiq, "cap", "dress", split):
-            ids.update(v for k, v in e.items() if k in ("candidate", "target"))
-    return ids
-
-
-@pytest.fixture(scope="module")
-def placeholder(fiq: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real dress annotations with one tiny PNG hard-linked under every id they use."""
-    root = tmp_path_factory.mktemp("fiq-images")
-    png = root / "placeholder.png"
-    Image.new("RGB", (12, 20), (200, 30, 60)).save(png)
-    link_images(root / "images", dress_ids(fiq, ("train", "val")), png)
-    return root
-
-
 def dress_module(root: Path, fiq: Path, **kwargs) -> FashionIQDataModule:
     dm = FashionIQDataModule(root=str(root), annotations_root=str(fiq), categories=["dress"], batch_size=4, **kwargs)
     dm.set_transforms(TF, TF)
@@ -174,8 +186,8 @@ def test_datamodule_modes_and_reference_switch(placeholder: Path, fiq: Path) -> 
     assert len(two.queries) == 2 * len(base.queries)
     assert len(set(two.query_names)) == len(two.query_names)
     assert two.exclude_reference is True
-    assert [two.queries.records[2 * i].reference_index for i in range(50)] == [
-        base.queries.records[i].reference_index for i in range(50)
+    assert [two.evaluation.queries[2 * i].reference_index for i in range(50)] == [
+        base.evaluation.queries[i].reference_index for i in range(50)
     ]
     (avg,) = dress_module(placeholder, fiq, query_text="average").composed_tasks("val")
     batch = collate_retrieval([avg.queries[i] for i in range(3)])

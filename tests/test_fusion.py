@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ctiir.fusion import AdaptiveWeighting, FixedSum, Fusion, Gated, build_fusion, list_fusions
-from ctiir.fusion.registry import FUSIONS
+from ctiir.fusion.registry import FUSIONS, register_fusion
 
 D = 8
 B = 6
@@ -154,16 +154,30 @@ def test_eval_is_deterministic_and_the_seed_fixes_the_init(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_last_weights_are_per_query_convex_weights(name: str) -> None:
+def test_fuse_returns_the_query_and_per_query_convex_weights(name: str) -> None:
     fusion = make(name).eval()
     v, t, _ = features()
-    fusion(v, t)
-    weights = fusion.last_weights
+    query, weights = fusion.fuse(v, t)
+    torch.testing.assert_close(query, fusion(v, t))  # forward is the query alone
     if weights is None:
         pytest.skip(f"{name} does not weight the modalities")
     assert weights.shape == (B, 2) and not weights.requires_grad
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(B))
     assert ((weights >= 0) & (weights <= 1)).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_registry_stamps_its_name_and_a_subclass_does_not_inherit_it(name: str) -> None:
+    cls = FUSIONS.get(name)
+    assert make(name).registry_name == name
+
+    class Unregistered(cls):  # type: ignore[misc, valid-type]
+        pass
+
+    with pytest.raises(LookupError, match="not a registered fusion"):
+        _ = Unregistered(D, **FUSIONS.test_kwargs(name)).config
+    with pytest.raises(ValueError, match="already registered"):
+        register_fusion(f"{name}-again")(cls)
 
 
 # -- FixedSum -----------------------------------------------------------------------------------------
@@ -174,7 +188,7 @@ def test_fixed_sum_is_the_formula() -> None:
     fusion = FixedSum(D, alpha=0.3)
     expected = (0.3 * v + 0.7 * t) / (0.3 * v + 0.7 * t).norm(dim=-1, keepdim=True)
     torch.testing.assert_close(fusion(v, t), expected)
-    torch.testing.assert_close(fusion.last_weights, torch.tensor([[0.3, 0.7]]).expand(B, 2))
+    torch.testing.assert_close(fusion.fuse(v, t).weights, torch.tensor([[0.3, 0.7]]).expand(B, 2))
     assert list(fusion.parameters()) == [] and fusion.loss(v, t, v) is None
     torch.testing.assert_close(FixedSum(D, alpha=1.0)(v, t), v)
 
@@ -209,8 +223,8 @@ def test_gated_is_the_gated_residual_of_the_combiner() -> None:
         fusion.combiner[-1].weight.zero_()
         fusion.combiner[-1].bias.zero_()
     v, t, _ = features()
-    q = fusion(v, t)
-    w_img, w_txt = fusion.last_weights.unbind(dim=-1)
+    q, weights = fusion.fuse(v, t)
+    w_img, w_txt = weights.unbind(dim=-1)
     torch.testing.assert_close(q, F.normalize(w_img[:, None] * v + w_txt[:, None] * t, dim=-1))
 
 
@@ -239,7 +253,7 @@ def test_adaptive_query_is_the_weighted_sum_of_its_own_weights() -> None:
     w = fusion.weights(v, t)
     assert (w[:, 0] > 0.9).all()
     torch.testing.assert_close(fusion(v, t), F.normalize(w[:, :1] * v + w[:, 1:] * t, dim=-1))
-    torch.testing.assert_close(fusion.last_weights, w.detach())
+    torch.testing.assert_close(fusion.fuse(v, t).weights, w.detach())
 
 
 def test_adaptive_soft_targets_and_loss_match_a_hand_computation() -> None:

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ctiir.datamodules.cirr import cirr_protocol, read_cirr_captions, read_cirr_split
-from ctiir.datamodules.custom import read_image_text_pairs, read_triplets
 from ctiir.datamodules.errors import AnnotationError
 from ctiir.datamodules.shoes import read_shoes
+from ctiir.datamodules.tables import read_image_text_pairs, read_triplets
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

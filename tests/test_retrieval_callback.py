@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import lightning as L
@@ -12,8 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ctiir.callbacks import RetrievalEvaluation
-from ctiir.callbacks.retrieval import summarise
+from ctiir.callbacks.results import EvaluationResult, summarise
 from ctiir.datamodules.tasks import ListDataset, RetrievalTask, collate_retrieval
+from ctiir.fusion import Fused, as_fused
 from ctiir.metrics import recall_at_k, retrieval_ranks, subset_ranks
 
 VOCAB = ["red", "longer", "no sleeves", "darker", "with logo", "plain", "shorter"]
@@ -21,17 +23,15 @@ DIM = 6
 
 
 class Fusion(nn.Module):
-    """Adaptive weights from [v, t], exposed as ``last_weights`` like ctiir's fusions."""
+    """Adaptive weights from [v, t], returned with the query as ctiir's fusions do."""
 
     def __init__(self) -> None:
         super().__init__()
         self.mlp = nn.Linear(2 * DIM, 2)
-        self.last_weights: torch.Tensor | None = None
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, t: torch.Tensor) -> Fused:
         w = self.mlp(torch.cat([v, t], dim=1)).softmax(dim=1)
-        self.last_weights = w
-        return F.normalize(w[:, :1] * v + w[:, 1:] * t, dim=1)
+        return Fused(F.normalize(w[:, :1] * v + w[:, 1:] * t, dim=1), w)
 
 
 class FakeStage(L.LightningModule):
@@ -55,7 +55,7 @@ class FakeStage(L.LightningModule):
         self.encode_modes.append(self.training)
         return F.normalize(self.image(batch["image"].flatten(1)), dim=1)
 
-    def encode_query(self, batch: dict[str, Any]) -> torch.Tensor:
+    def encode_query(self, batch: dict[str, Any]) -> torch.Tensor | Fused:
         self.encode_modes.append(self.training)
         v = F.normalize(self.image(batch["image"].flatten(1)), dim=1)
         t = F.normalize(self.text(torch.tensor([VOCAB.index(x) for x in batch["text"]], device=self.device)), dim=1)
@@ -163,15 +163,15 @@ def expected_values(model: FakeStage, tasks: list[RetrievalTask]) -> dict[str, f
         for task in tasks:
             gallery = collate_retrieval([task.gallery[i] for i in range(len(task.gallery))])
             queries = collate_retrieval([task.queries[i] for i in range(len(task.queries))])
-            g, q = model.encode_gallery(gallery), model.encode_query(queries)
+            g, (q, weights) = model.encode_gallery(gallery), as_fused(model.encode_query(queries))
             exclude = queries["reference_id"] if task.exclude_reference else None
             ranks = retrieval_ranks(q, g, queries["target_id"], exclude)
             out.update({f"{task.key}/R@{k}": v for k, v in recall_at_k(ranks, task.ks).items()})
             if task.subset_ks:
                 sranks = subset_ranks(q, g, queries["target_id"], queries["member_ids"], exclude)
                 out.update({f"{task.key}/Rsubset@{k}": v for k, v in recall_at_k(sranks, task.subset_ks).items()})
-            if model.fusion is not None:
-                w = model.fusion.last_weights.mean(0)
+            if weights is not None:
+                w = weights.mean(0)
                 out[f"{task.key}/w_img"], out[f"{task.key}/w_txt"] = float(w[0]), float(w[1])
     return out
 
@@ -227,10 +227,10 @@ def test_summarise_fashioniq_and_cirr_scores() -> None:
     fiq = [task("fashioniq-original", c, ("R@10", "R@50")) for c in ("dress", "shirt", "toptee")]
     cirr = [task("cirr", None, ("R@5", "Rsubset@1"))]
     per_task = {
-        "fashioniq-original/dress": {"fashioniq-original/dress/R@10": 29.0, "fashioniq-original/dress/R@50": 53.94},
-        "fashioniq-original/shirt": {"fashioniq-original/shirt/R@10": 35.43, "fashioniq-original/shirt/R@50": 58.88},
-        "fashioniq-original/toptee": {"fashioniq-original/toptee/R@10": 39.16, "fashioniq-original/toptee/R@50": 64.56},
-        "cirr": {"cirr/R@1": 40.0, "cirr/R@5": 70.0, "cirr/Rsubset@1": 80.0},
+        "fashioniq-original/dress": {"R@10": 29.0, "R@50": 53.94},
+        "fashioniq-original/shirt": {"R@10": 35.43, "R@50": 58.88},
+        "fashioniq-original/toptee": {"R@10": 39.16, "R@50": 64.56},
+        "cirr": {"R@1": 40.0, "R@5": 70.0, "Rsubset@1": 80.0},
     }
     out = summarise(fiq + cirr, per_task)
     assert out["fashioniq-original/avg/R@10"] == pytest.approx((29.0 + 35.43 + 39.16) / 3)
@@ -239,6 +239,11 @@ def test_summarise_fashioniq_and_cirr_scores() -> None:
     assert out["cirr/score"] == 75.0
     assert "cirr/avg/R@5" not in out  # one subset: no average
     assert out["score"] == out["fashioniq-original/score"]
+    # the same numbers, structured: read without parsing a key, and through JSON and back
+    fashion = out.protocols["fashioniq-original"]
+    assert fashion.subsets["dress"]["R@10"] == 29.0 and fashion.average["R@10"] == out["fashioniq-original/avg/R@10"]
+    assert out.composed() is fashion and out.protocols["cirr"].summary == per_task["cirr"]
+    assert EvaluationResult.from_dict(json.loads(json.dumps(out.to_dict()))) == out
     with pytest.raises(ValueError, match=r"protocol cirr: headline metrics \['R@50'\] were not computed"):
         summarise([task("cirr", None, ("R@50",))], {"cirr": per_task["cirr"]})
     with pytest.raises(ValueError, match="subsets disagree on the headline"):

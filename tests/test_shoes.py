@@ -66,7 +66,7 @@ def test_real_datamodule_protocol(shared_data: Path, tmp_path: Path, real) -> No
         assert item["target_id"] == position[triplet.target]
         assert item["reference_id"] == (-1 if triplet.reference == triplet.target else position[triplet.reference])
         assert item["text"] == triplet.caption and item["image"].shape == (3, 8, 8)
-    assert task.extra["reference_is_target"] == 1
+    assert task.evaluation.reference_is_target == 1
     assert dm.composed_tasks("val")[0].query_names == task.query_names
     # Stage II and III sources
     assert len(dm.description_pairs("train")) == 3_000 and len(dm.description_pairs("val")) == 600
@@ -138,7 +138,7 @@ def test_missing_image_names_the_entry(tmp_path: Path) -> None:
     skip = ShoesDataModule(str(tmp_path / "images"), annotations_root=str(ann), on_missing="skip")
     skip.set_transforms(TF, TF)
     (task,) = skip.composed_tasks("test")
-    assert len(task.queries) == 1 and task.extra["skipped_queries"] == 1
+    assert len(task.queries) == 1 and task.evaluation.skipped_queries == 1
 
 
 BAD = [

@@ -38,7 +38,7 @@ def batch_outputs(model: ComposedRetrieval, seed: int = 0) -> torch.Tensor:
     images = torch.randn(3, 3, model.backbone.image_size, model.backbone.image_size, generator=g)
     model.eval()
     with torch.no_grad():
-        return model.encode_query({"image": images, "text": ["is red", "has long sleeves", "is shorter and blue"]})
+        return model.encode_query({"image": images, "text": ["is red", "has long sleeves", "is shorter and blue"]}).query
 
 
 @pytest.mark.parametrize("stage_cls", [OpenDomainAlignment, DomainPretraining, ComposedRetrieval])
@@ -53,6 +53,43 @@ def test_checkpoint_rebuilds_the_model_with_no_other_input(stage_cls, synth_root
     assert hparams["fusion"]["name"] in ("fixed", "adaptive")
     loaded = stage_cls.load_from_checkpoint(path)
     assert torch.allclose(batch_outputs(model), batch_outputs(loaded), atol=1e-6)
+
+
+def test_the_checkpoint_records_the_preprocessing_and_inference_uses_it(synth_root: Path, tmp_path: Path) -> None:
+    """Trained with TargetPad: the checkpoint says so, the loaded model's transform is TargetPad, and a
+    datamodule asking for another preprocessing gets a warning naming both (and the checkpoint's is used)."""
+    model = ComposedRetrieval(backbone="tiny")
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(model, datamodule=data(synth_root, preprocess="targetpad", target_pad_ratio=1.5))
+    path = tmp_path / "stage.ckpt"
+    t.save_checkpoint(path)
+    recorded = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]["preprocess"]
+    assert recorded == {"mode": "targetpad", "size": model.backbone.image_size, "target_pad_ratio": 1.5}
+    loaded = ComposedRetrieval.load_from_checkpoint(path)
+    assert "TargetPad(target_ratio=1.5)" in repr(loaded.eval_transform)
+    assert "TargetPad" not in repr(ComposedRetrieval(backbone="tiny").eval_transform), "default: the backbone's own"
+    other = data(synth_root, max_val_queries=2)  # asks for the backbone's own transforms
+    with pytest.warns(UserWarning, match=r"asks for the backbone's own transforms .* trained with TargetPad \(ratio 1.5"):
+        trainer(tmp_path).validate(loaded, datamodule=other, verbose=False)
+    assert other.preprocessing == loaded.preprocessing and "TargetPad" in repr(other.eval_transform)
+
+
+def test_the_stage_asks_its_datamodule_for_data_in_one_request(synth_root: Path) -> None:
+    """The contract: a datamodule serves a DataRequest and never looks at the stage."""
+    from ctiir.datamodules import DataRequest
+
+    dm = data(synth_root)
+    with pytest.raises(RuntimeError, match="no stage has asked for data"):
+        dm.train_dataloader()
+    two = DomainPretraining(backbone="tiny")
+    assert two.data_request().sources == {"t2i": "descriptions", "i2i": "image_pairs"}
+    assert DomainPretraining(backbone="tiny", tasks=["i2i"]).data_request().sources == {"i2i": "image_pairs"}
+    used = dm.serve(two.data_request())
+    assert used.mode == "backbone" and used.size == two.backbone.image_size
+    batch = next(iter(dm.train_dataloader()))[0]
+    assert set(batch) == {"t2i", "i2i"} and batch["i2i"]["image_a"].shape[0] == 16
+    with pytest.raises(ValueError, match="unknown training source"):
+        DataRequest({"main": "captions"}, two.backbone)
 
 
 def test_fusion_swaps_in_one_line() -> None:

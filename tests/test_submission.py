@@ -162,14 +162,6 @@ def test_write_then_refuse_to_overwrite(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-class FakeBackbone:
-    """What ``resolve_transforms`` reads from a backbone."""
-
-    image_size = 8
-    train_transform = TF
-    eval_transform = TF
-
-
 class FakeModule(nn.Module):
     """A fixed random image encoder plus a byte-histogram text encoder, with the ctiir module contract."""
 
@@ -181,7 +173,6 @@ class FakeModule(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen))
-        self.backbone = FakeBackbone()
         self.seen_training: list[bool] = []
 
     @staticmethod
@@ -230,8 +221,9 @@ def cirr_test_split(root: Path, n_sets: int = 9) -> tuple[list, dict]:
 def test_predict_submission_end_to_end(tmp_path: Path) -> None:
     entries, split_map = cirr_test_split(tmp_path)
     dm = CIRRDataModule(str(tmp_path), image_root=str(tmp_path / "img_raw"), batch_size=7)
+    dm.set_transforms(TF, TF)  # a module that is no ctiir stage records no preprocessing: the caller sets it
     module = FakeModule().train()
-    recall_path, subset_path = predict_cirr_submission(module, dm, tmp_path / "sub")  # transforms from the backbone
+    recall_path, subset_path = predict_cirr_submission(module, dm, tmp_path / "sub")
     assert module.training and module.seen_training and not any(module.seen_training)
 
     names = list(split_map)
@@ -258,6 +250,7 @@ def test_predict_refuses_skipped_queries(tmp_path: Path) -> None:
     _, split_map = cirr_test_split(tmp_path)
     (tmp_path / "img_raw" / split_map["test1-0-0-img0"]).unlink()
     dm = CIRRDataModule(str(tmp_path), image_root=str(tmp_path / "img_raw"), on_missing="skip")
+    dm.set_transforms(TF, TF)
     with pytest.raises(SubmissionError, match="the server needs every query"):
         predict_cirr_submission(FakeModule(), dm, tmp_path / "sub")
     assert not (tmp_path / "sub").exists()

@@ -7,6 +7,10 @@ exact ``RecallAtK`` metric, and logs protocol-tagged keys (``val/fashioniq-origi
 
 Under DDP each rank encodes one ``DistributedSampler`` shard; ``RecallAtK`` gathers the shards and drops
 the sampler's padding repeats, so the logged numbers are the exact global ones on every rank.
+
+The contract with the module: ``encode_gallery(batch)`` returns (B, D) embeddings; ``encode_query(batch)``
+returns a ``ctiir.fusion.Fused`` (the query and, for fusions that weight the modalities, their per-query
+weights, whose means are logged as ``w_img`` / ``w_txt``) or a plain (B, D) tensor.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from ctiir.callbacks.results import EvaluationResult, summarise
 from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
+from ctiir.fusion.base import as_fused
 from ctiir.metrics.recall import RecallAtK
 
 __all__ = ["RetrievalEvaluation", "summarise"]
@@ -43,9 +49,10 @@ class RetrievalEvaluation(L.Callback):
             (``trainer.validate`` and ``trainer.test`` always evaluate). A checkpoint callback monitoring
             ``val/score`` needs it evaluated at each validation it sees.
 
-    After each evaluation, ``results[prefix]`` (``prefix`` = ``"val"`` or ``"test"``) holds the logged
-    values as plain floats, keyed without the prefix: ``results["val"]["fashioniq-original/dress/R@10"]``,
-    ``results["val"]["score"]``.
+    After each evaluation, ``results[prefix]`` (``prefix`` = ``"val"`` or ``"test"``) holds an
+    ``EvaluationResult``: structured per protocol and subset (``.protocols``, ``.composed()``), and readable
+    as a mapping of the logged keys without the prefix (``results["val"]["fashioniq-original/dress/R@10"]``,
+    ``results["val"]["score"]``).
     """
 
     def __init__(
@@ -70,7 +77,7 @@ class RetrievalEvaluation(L.Callback):
         self.num_workers = num_workers
         self.chunk_size = chunk_size
         self.every_n_epochs = every_n_epochs
-        self.results: dict[str, dict[str, float]] = {}
+        self.results: dict[str, EvaluationResult] = {}
 
     # ------------------------------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -85,8 +92,8 @@ class RetrievalEvaluation(L.Callback):
         self.evaluate(trainer, pl_module, "test")
 
     # ------------------------------------------------------------------------------------------ work
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: Prefix) -> dict[str, float]:
-        """Evaluate every task of the configured kinds, log the metrics and return them (unprefixed)."""
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: Prefix) -> EvaluationResult:
+        """Evaluate every task of the configured kinds, log the metrics (flattened) and return them."""
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "retrieval_tasks"):
             raise RuntimeError(
@@ -109,15 +116,19 @@ class RetrievalEvaluation(L.Callback):
         num_workers = self.num_workers if self.num_workers is not None else getattr(datamodule, "num_workers", 0)
 
         tasks: list[RetrievalTask] = []
+        kind_of: dict[str, str] = {}
         for kind in kinds:
             try:
-                tasks.extend(datamodule.retrieval_tasks(prefix, kind))
+                found = datamodule.retrieval_tasks(prefix, kind)
             except NotImplementedError as err:
                 # e.g. Stage II's description retrieval on a dataset without descriptions: say so, go on.
                 rank_zero_warn(f"RetrievalEvaluation: skipped {prefix} tasks of kind {kind!r}: {err}")
+                continue
+            tasks.extend(found)
+            kind_of.update({task.key: kind for task in found})
         if not tasks:
             rank_zero_warn(f"RetrievalEvaluation: the datamodule has no {prefix} tasks of kinds {tuple(kinds)}; nothing logged")
-            return {}
+            return EvaluationResult(prefix)
         keys = [task.key for task in tasks]
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
@@ -130,11 +141,11 @@ class RetrievalEvaluation(L.Callback):
         finally:
             pl_module.train(was_training)
 
-        values = summarise(tasks, per_task)
-        for key, value in values.items():
+        result = summarise(tasks, per_task, prefix, kind_of)
+        for key, value in result.flat().items():
             pl_module.log(f"{prefix}/{key}", value, sync_dist=False)
-        self.results[prefix] = values
-        return values
+        self.results[prefix] = result
+        return result
 
     def _evaluate_task(
         self, trainer: L.Trainer, pl_module: L.LightningModule, task: RetrievalTask, batch_size: int, num_workers: int
@@ -143,7 +154,6 @@ class RetrievalEvaluation(L.Callback):
         metric = RecallAtK(
             ks=task.ks, subset_ks=task.subset_ks, exclude_reference=task.exclude_reference, chunk_size=self.chunk_size
         ).to(device)
-        fusion = getattr(pl_module, "fusion", None)
         weights = _WeightMeans(task.key)
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             for batch in self._loader(trainer, task.gallery, batch_size, num_workers):
@@ -152,19 +162,16 @@ class RetrievalEvaluation(L.Callback):
                 metric.update_gallery(_checked_embedding(emb, len(ids), task.key, "encode_gallery"), ids)
             for batch in self._loader(trainer, task.queries, batch_size, num_workers):
                 ids = batch["query_id"]
-                if fusion is not None and hasattr(fusion, "last_weights"):
-                    fusion.last_weights = None  # never read a previous call's weights
-                emb = pl_module.encode_query(move_data_to_device(batch, device))
+                fused = as_fused(pl_module.encode_query(move_data_to_device(batch, device)))
                 metric.update(
-                    _checked_embedding(emb, len(ids), task.key, "encode_query"),
+                    _checked_embedding(fused.query, len(ids), task.key, "encode_query"),
                     ids,
                     batch["target_id"],
                     batch.get("reference_id"),
                     batch.get("member_ids"),
                 )
-                if fusion is not None:
-                    weights.add(getattr(fusion, "last_weights", None), ids)
-        out = {f"{task.key}/{name}": float(value) for name, value in metric.compute().items()}
+                weights.add(fused.weights, ids)
+        out = {name: float(value) for name, value in metric.compute().items()}
         out.update(weights.compute(trainer.world_size > 1))
         return out
 
@@ -199,7 +206,7 @@ class _WeightMeans:
             return
         if not isinstance(weights, torch.Tensor) or weights.shape != (len(ids), 2):
             shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-            self.unusable = f"fusion.last_weights is {shape}, not ({len(ids)}, 2) for a batch of {len(ids)} queries"
+            self.unusable = f"the query weights are {shape}, not ({len(ids)}, 2) for a batch of {len(ids)} queries"
             rank_zero_warn(f"RetrievalEvaluation, task {self.key}: {self.unusable}; w_img/w_txt not logged")
             return
         self.ids.append(torch.as_tensor(ids, device=weights.device).long())
@@ -215,45 +222,4 @@ class _WeightMeans:
         first = torch.full((int(inverse.max()) + 1,), len(ids), dtype=torch.long, device=ids.device)
         first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
         mean = weights[first].mean(dim=0)
-        return {f"{self.key}/w_img": float(mean[0]), f"{self.key}/w_txt": float(mean[1])}
-
-
-def summarise(tasks: Sequence[RetrievalTask], per_task: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Per-task values, per-protocol averages over subsets and headline scores (keys without the prefix).
-
-    ``{protocol}/avg/{metric}``: the mean over a protocol's subsets (only when it has several);
-    ``{protocol}/score``: the mean of the task's ``headline`` metrics (of the averages when several subsets:
-    FashionIQ's mean of 6, CIRR's (R@5 + Rsubset@1) / 2); ``score``: the first protocol's score.
-    """
-    out: dict[str, float] = {}
-    for values in per_task.values():
-        out.update(values)
-    groups: dict[str, list[RetrievalTask]] = {}
-    for task in tasks:
-        groups.setdefault(task.protocol, []).append(task)
-    for protocol, members in groups.items():
-        headline = tuple(members[0].headline)
-        for task in members[1:]:
-            if tuple(task.headline) != headline:
-                raise ValueError(
-                    f"protocol {protocol}: subsets disagree on the headline metrics ({members[0].key}: {headline}, "
-                    f"{task.key}: {tuple(task.headline)})"
-                )
-        if not headline:
-            raise ValueError(f"protocol {protocol}: task {members[0].key} names no headline metrics")
-        metric_values = [{k[len(t.key) + 1 :]: v for k, v in per_task[t.key].items()} for t in members]
-        if len(members) > 1:
-            common = [m for m in metric_values[0] if all(m in mv for mv in metric_values[1:])]
-            summary = {m: sum(mv[m] for mv in metric_values) / len(members) for m in common}
-            out.update({f"{protocol}/avg/{m}": v for m, v in summary.items()})
-        else:
-            summary = metric_values[0]
-        missing = [m for m in headline if m not in summary]
-        if missing:
-            raise ValueError(
-                f"protocol {protocol}: headline metrics {missing} were not computed (computed: {sorted(summary)}); "
-                "check the task's ks/subset_ks"
-            )
-        out[f"{protocol}/score"] = sum(summary[m] for m in headline) / len(headline)
-    out["score"] = out[f"{next(iter(groups))}/score"]
-    return out
+        return {"w_img": float(mean[0]), "w_txt": float(mean[1])}

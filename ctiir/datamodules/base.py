@@ -1,29 +1,41 @@
 """``CTIIRDataModule``: records in, loaders out, the same way for every dataset.
 
 A concrete datamodule implements the *sources* it has (``caption_pairs``, ``description_pairs``,
-``image_pairs``, ``triplets``, ``composed_tasks``). The base class serves whichever the attached stage asks
-for: each stage declares ``training_data`` (``"caption_pairs"``, ``"domain"`` or ``"triplets"``), and for
-``"domain"`` also ``domain_tasks`` (``"t2i"``, ``"i2i"``). Transforms come from the stage's backbone at
-``setup`` unless given, so a LightningCLI config names the backbone once.
+``image_pairs``, ``triplets``) and, for the composed evaluation, ``composed_sources`` (its reader's gallery and
+queries; ``ctiir.datamodules.protocol`` turns them into tasks). The base class serves whichever sources the
+stage asks for: a ctiir stage calls :meth:`CTIIRDataModule.serve` once, in its ``setup`` hook, with a
+``DataRequest`` (the sources and the backbone); ``serve`` resolves the transforms and answers with the
+preprocessing used, which the stage records in its checkpoint. Without a stage, call ``set_transforms``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ctiir.datamodules.images import OnMissing, filter_missing, load_rgb
+from ctiir.datamodules.protocol import (
+    IMAGE_TEXT_HEADLINE,
+    IMAGE_TEXT_KS,
+    ComposedSource,
+    EvaluationSet,
+    ResolvedQuery,
+    build_evaluation,
+    build_image_text_evaluation,
+)
 from ctiir.datamodules.records import ImagePair, ImageText, Triplet
+from ctiir.datamodules.request import DataRequest, Source
+from ctiir.datamodules.tables import read_image_text_pairs, split_records
 from ctiir.datamodules.tasks import ListDataset, RetrievalTask, collate_retrieval
 from ctiir.datamodules.text import TextMode, compose_query_text, training_text
-from ctiir.datamodules.transforms import Preprocess, resolve_transforms
+from ctiir.datamodules.transforms import Preprocess, Preprocessing, build_transforms
 
 Split = Literal["train", "val", "test"]
 EvalKind = Literal["composed", "caption_pairs", "descriptions"]
@@ -31,6 +43,9 @@ EvalKind = Literal["composed", "caption_pairs", "descriptions"]
 
 class CTIIRDataModule(L.LightningDataModule):
     """Base of every ctiir datamodule.
+
+    Subclasses take their own arguments and forward the rest (``**kwargs``) here; jsonargparse follows the
+    forwarding, so LightningCLI lists these arguments for every datamodule.
 
     Args:
         batch_size: training and evaluation batch size per process.
@@ -42,7 +57,14 @@ class CTIIRDataModule(L.LightningDataModule):
         train_text_mode: how a triplet's captions become the training query text (see ``text.py``).
         eval_batch_size: batch size for encoding galleries and queries (defaults to ``batch_size``).
         max_val_queries: evaluate only the first N queries per task (for quick runs; ``None`` = all).
+        seed: seeds the training shuffle and the caption-order augmentation.
     """
+
+    name: str = "dataset"
+    root: Path  # every dataset's folder; relative table paths are looked up under it first
+    # Optional image-text tables (``ctiir.datamodules.tables``) for Stages I and II, relative to ``root``.
+    caption_pairs_file: str | None = None
+    descriptions_file: str | None = None
 
     def __init__(
         self,
@@ -57,6 +79,9 @@ class CTIIRDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if on_missing not in ("error", "skip"):
+            raise ValueError(f"{type(self).__name__}: on_missing must be 'error' or 'skip', got {on_missing!r}")
+        Preprocessing.choose(preprocess, 1, target_pad_ratio)  # the arguments' own checks, before any data
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.preprocess = preprocess
@@ -68,16 +93,28 @@ class CTIIRDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_transform: Callable | None = None
         self.eval_transform: Callable | None = None
+        self.sources: dict[str, Source] | None = None
+        self.preprocessing: Preprocessing | None = None
         self._task_cache: dict[tuple[str, str], list[RetrievalTask]] = {}
 
     # ------------------------------------------------------------------ sources (override what you have)
-    name: str = "dataset"
-
     def caption_pairs(self, split: Split) -> list[ImageText]:
-        raise NotImplementedError(f"{type(self).__name__} has no Stage I image-caption pairs")
+        """Stage I image-caption pairs: by default the rows of the ``caption_pairs`` table for ``split``."""
+        return self.table_pairs(self.caption_pairs_file, "caption_pairs", "Stage I image-caption pairs", split)
 
     def description_pairs(self, split: Split) -> list[ImageText]:
-        raise NotImplementedError(f"{type(self).__name__} has no Stage II product descriptions")
+        """Stage II description->image pairs: by default the rows of the ``descriptions`` table."""
+        return self.table_pairs(self.descriptions_file, "descriptions", "Stage II product descriptions", split)
+
+    def annotation_split(self, split: Split) -> str:
+        """The split whose annotations serve ``split`` (FashionIQ-like datasets read "val" for "test")."""
+        return split
+
+    def table_pairs(self, file: str | None, argument: str, what: str, split: Split) -> list[ImageText]:
+        """The rows of an image-text table for ``split`` (a split without rows is a ``MissingSplitError``)."""
+        if file is None:
+            raise NotImplementedError(f"{type(self).__name__} has no {what}: set {argument}=<a JSONL/CSV file of image/text pairs>")
+        return split_records(read_image_text_pairs, file, self.root, self.annotation_split(split))
 
     def image_pairs(self, split: Split) -> list[ImagePair]:
         """Default: every triplet with its text dropped."""
@@ -88,28 +125,48 @@ class CTIIRDataModule(L.LightningDataModule):
     def triplets(self, split: Split) -> list[Triplet]:
         raise NotImplementedError(f"{type(self).__name__} has no composed-retrieval triplets")
 
-    def composed_tasks(self, split: Split) -> list[RetrievalTask]:
+    def composed_sources(self, split: Split) -> list[ComposedSource]:
+        """The composed evaluation's gallery and queries per subset, as this dataset's reader gives them."""
         raise NotImplementedError(f"{type(self).__name__} has no composed-retrieval evaluation")
 
-    # ------------------------------------------------------------------ transforms
-    def set_transforms(self, train: Callable, eval: Callable) -> None:  # noqa: A002 - mirrors train/eval
-        self.train_transform, self.eval_transform = train, eval
+    # ------------------------------------------------------------------ the stage contract
+    def serve(self, request: DataRequest) -> Preprocessing:
+        """Take a stage's request (``ctiir.datamodules.request``): its training sources and its backbone.
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.eval_transform is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            backbone = getattr(module, "backbone", None)
-            if backbone is None:
-                raise RuntimeError(
-                    f"{type(self).__name__}: no transforms; attach it to a trainer with a ctiir stage, "
-                    "or call set_transforms(train, eval)"
+        Resolves the transforms and returns the preprocessing used, for the stage to record: this
+        datamodule's ``preprocess`` choice when training, the checkpoint's (``request.trained_with``) when
+        only evaluating or predicting. Where the two differ, a warning names both and says which is used.
+        """
+        asked = Preprocessing.choose(self.preprocess, request.backbone.image_size, self.target_pad_ratio)
+        used = asked
+        if request.trained_with is not None and request.trained_with != asked:
+            if request.inference:
+                used = request.trained_with
+                rank_zero_warn(
+                    f"{type(self).__name__} asks for {asked.describe()}, but the model was trained with "
+                    f"{used.describe()}; evaluating with the checkpoint's preprocessing"
                 )
-            self.set_transforms(*resolve_transforms(backbone, self.preprocess, self.target_pad_ratio))
+            else:
+                rank_zero_warn(
+                    f"{type(self).__name__} preprocesses images with {asked.describe()}, but the weights were trained "
+                    f"with {request.trained_with.describe()}; training goes on with the datamodule's choice"
+                )
+        self.set_transforms(*build_transforms(request.backbone, used))
+        self.sources = dict(request.sources)
+        self.preprocessing = used
+        return used
+
+    def set_transforms(self, train: Callable, eval: Callable) -> None:  # noqa: A002 - mirrors train/eval
+        """Set the transforms directly (using the datamodule without a stage); built tasks are rebuilt."""
+        self.train_transform, self.eval_transform = train, eval
+        self._task_cache.clear()
 
     def _require_transforms(self) -> tuple[Callable, Callable]:
         if self.train_transform is None or self.eval_transform is None:
-            self.setup()
-        assert self.train_transform is not None and self.eval_transform is not None
+            raise RuntimeError(
+                f"{type(self).__name__}: no transforms yet; attach it to a trainer with a ctiir stage (which calls "
+                "serve), or call set_transforms(train, eval)"
+            )
         return self.train_transform, self.eval_transform
 
     # ------------------------------------------------------------------ training datasets
@@ -154,34 +211,26 @@ class CTIIRDataModule(L.LightningDataModule):
 
         return ListDataset(records, make)
 
-    def _stage_attr(self, attr: str, default: Any = None) -> Any:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, attr):
-            if default is not None:
-                return default
-            raise RuntimeError(f"{type(self).__name__} needs a ctiir stage attached to the trainer (for {attr!r})")
-        return getattr(module, attr)
+    def source_dataset(self, source: Source, split: Split, train: bool) -> Dataset:
+        """The dataset of one training source (``DataRequest.sources`` names them)."""
+        if source == "caption_pairs":
+            return self.image_text_dataset(self.caption_pairs(split), split, train)
+        if source == "descriptions":
+            return self.image_text_dataset(self.description_pairs(split), split, train)
+        if source == "image_pairs":
+            return self.image_pair_dataset(self.image_pairs(split), split, train)
+        if source == "triplets":
+            return self.triplet_dataset(self.triplets(split), split, train)
+        raise ValueError(f"unknown training source {source!r}")
 
-    def stage_datasets(self, split: Split, train: bool) -> dict[str, Dataset]:
-        """The datasets the attached stage trains on, keyed by task (``"main"`` for single-task stages)."""
-        kind = self._stage_attr("training_data")
-        if kind == "caption_pairs":
-            return {"main": self.image_text_dataset(self.caption_pairs(split), split, train)}
-        if kind == "triplets":
-            return {"main": self.triplet_dataset(self.triplets(split), split, train)}
-        if kind == "domain":
-            out: dict[str, Dataset] = {}
-            for task in self._stage_attr("domain_tasks"):
-                if task == "t2i":
-                    out["t2i"] = self.image_text_dataset(self.description_pairs(split), split, train)
-                elif task == "i2i":
-                    out["i2i"] = self.image_pair_dataset(self.image_pairs(split), split, train)
-                else:
-                    raise ValueError(f"unknown Stage II task {task!r}; expected 't2i' or 'i2i'")
-            if not out:
-                raise ValueError("Stage II has every task switched off: enable 't2i' and/or 'i2i'")
-            return out
-        raise ValueError(f"unknown training_data {kind!r}")
+    def training_datasets(self, split: Split, train: bool) -> dict[str, Dataset]:
+        """The datasets the served stage trains on, keyed as its request keys them."""
+        if self.sources is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: no stage has asked for data; attach it to a trainer with a ctiir stage, or "
+                "call serve(DataRequest(...))"
+            )
+        return {key: self.source_dataset(source, split, train) for key, source in self.sources.items()}
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
@@ -196,28 +245,33 @@ class CTIIRDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @staticmethod
+    def _combined(loaders: Mapping[str, DataLoader]) -> Any:
+        if list(loaders) == ["main"]:
+            return loaders["main"]
+        return CombinedLoader(dict(loaders), mode="max_size_cycle")
+
     def train_dataloader(self) -> Any:
-        datasets = self.stage_datasets("train", train=True)
+        datasets = self.training_datasets("train", train=True)
         for key, ds in datasets.items():
             if len(ds) < 2:
                 raise ValueError(f"{self.name}: training set {key!r} has {len(ds)} entries; need at least 2")
-        loaders = {k: self._loader(ds, True, self.batch_size, drop_last=len(ds) > self.batch_size) for k, ds in datasets.items()}
-        if list(loaders) == ["main"]:
-            return loaders["main"]
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        return self._combined(
+            {k: self._loader(ds, True, self.batch_size, drop_last=len(ds) > self.batch_size) for k, ds in datasets.items()}
+        )
 
     def val_dataloader(self) -> Any:
         """Validation *loss* batches. Retrieval metrics come from the ``RetrievalEvaluation`` callback."""
         try:
-            datasets = self.stage_datasets("val", train=False)
+            datasets = self.training_datasets("val", train=False)
         except (NotImplementedError, FileNotFoundError):
             # No val split of this kind: a fixed slice of the training data keeps the loop (and the
             # retrieval callback, which runs at validation end) going; the loss is then a training loss.
-            datasets = {k: Subset(ds, range(min(len(ds), self.eval_batch_size))) for k, ds in self.stage_datasets("train", train=False).items()}
-        loaders = {k: self._loader(ds, False, self.eval_batch_size) for k, ds in datasets.items()}
-        if list(loaders) == ["main"]:
-            return loaders["main"]
-        return CombinedLoader(loaders, mode="max_size_cycle")
+            datasets = {
+                k: Subset(ds, range(min(len(ds), self.eval_batch_size)))
+                for k, ds in self.training_datasets("train", train=False).items()
+            }
+        return self._combined({k: self._loader(ds, False, self.eval_batch_size) for k, ds in datasets.items()})
 
     def test_dataloader(self) -> Any:
         """The test loop's loss batches (the val split's); test metrics come from the callback's "test" tasks."""
@@ -233,52 +287,92 @@ class CTIIRDataModule(L.LightningDataModule):
             loaders += [self._loader(task.gallery, False, self.eval_batch_size), self._loader(task.queries, False, self.eval_batch_size)]
         return loaders
 
-    # ------------------------------------------------------------------ evaluation tasks
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_sets(self, split: Split, limit: bool = True) -> list[EvaluationSet]:
+        """The composed protocol on ``split``, one set per subset; ``limit`` applies ``max_val_queries``."""
+        return [
+            build_evaluation(
+                source,
+                split,
+                on_missing=self.on_missing,
+                max_queries=self.max_val_queries if limit else None,
+            )
+            for source in self.composed_sources(split)
+        ]
+
     def retrieval_tasks(self, split: Split, kind: EvalKind) -> list[RetrievalTask]:
         """Evaluation tasks of one kind, built once per split and kind."""
         key = (split, kind)
         if key not in self._task_cache:
             if kind == "composed":
-                tasks = self.composed_tasks(split)
+                tasks = [self.composed_task(ev) for ev in self.evaluation_sets(split)]
             elif kind == "caption_pairs":
                 tasks = self.image_text_tasks(self.caption_pairs(split), f"{self.name}-captions", split)
             elif kind == "descriptions":
                 tasks = self.image_text_tasks(self.description_pairs(split), f"{self.name}-descriptions", split)
             else:
-                raise ValueError(f"unknown evaluation kind {kind!r}")
+                raise ValueError(f"unknown evaluation kind {kind!r}; expected composed, caption_pairs or descriptions")
             self._task_cache[key] = tasks
         return self._task_cache[key]
 
-    def gallery_dataset(self, names: Sequence[str], paths: Sequence[Path], what: str) -> Dataset:
+    def composed_tasks(self, split: Split) -> list[RetrievalTask]:
+        """The composed evaluation tasks of ``split`` (one per subset)."""
+        return self.retrieval_tasks(split, "composed")
+
+    def composed_task(self, evaluation: EvaluationSet) -> RetrievalTask:
+        """Datasets over an evaluation set: images are decoded and transformed on access."""
         tf = self._require_transforms()[1]
+        key, width = evaluation.key, evaluation.member_width
 
-        def make(pair: tuple[str, Path], i: int) -> dict[str, Any]:
-            return {"gallery_id": i, "image": tf(load_rgb(pair[1], f"{what} gallery image {pair[0]}"))}
+        def gallery_item(image: Any, i: int) -> dict[str, Any]:
+            return {"gallery_id": i, "image": tf(load_rgb(image.path, f"{key} gallery image {image.id}"))}
 
-        return ListDataset(list(zip(names, paths, strict=True)), make)
+        def query_item(r: ResolvedQuery, i: int) -> dict[str, Any]:
+            q = r.query
+            item: dict[str, Any] = {"query_id": i, "target_id": r.target_index, "reference_id": r.excluded_index}
+            if width:
+                item["member_ids"] = list(r.member_indices) + [-1] * (width - len(r.member_indices))
+            item["image"] = tf(load_rgb(q.reference, q.source or q.name))
+            item["text"] = q.text
+            return item
+
+        protocol = evaluation.protocol
+        return RetrievalTask(
+            protocol.name,
+            evaluation.subset,
+            ListDataset(evaluation.gallery, gallery_item),
+            ListDataset(evaluation.queries, query_item),
+            evaluation.gallery_names,
+            evaluation.query_names,
+            ks=protocol.ks,
+            subset_ks=protocol.subset_ks,
+            exclude_reference=protocol.exclude_reference,
+            headline=protocol.headline,
+            split=evaluation.split,
+            evaluation=evaluation,
+        )
 
     def image_text_tasks(self, records: Sequence[ImageText], protocol: str, split: str) -> list[RetrievalTask]:
         """text->image and image->text tasks over image-caption records (one gallery entry per image)."""
-        records = self._checked(records, lambda r: [r.image], f"{split} image-text pairs")
-        if self.max_val_queries is not None:
-            records = records[: self.max_val_queries]
-        first: dict[str, ImageText] = {}
-        for r in records:
-            first.setdefault(r.image_id, r)
-        names = list(first)
-        index = {n: i for i, n in enumerate(names)}
-        tf = self._require_transforms()[1]
-        images = self.gallery_dataset(names, [first[n].image for n in names], protocol)
-        t2i_queries = ListDataset(
-            records, lambda r, i: {"query_id": i, "target_id": index[r.image_id], "reference_id": -1, "text": r.text}
+        found = build_image_text_evaluation(
+            records, protocol, split, on_missing=self.on_missing, max_queries=self.max_val_queries
         )
-        texts = ListDataset([first[n] for n in names], lambda r, i: {"gallery_id": i, "text": r.text})
+        tf = self._require_transforms()[1]
+        names = [r.image_id for r in found.images]
+        images = ListDataset(
+            found.images, lambda r, i: {"gallery_id": i, "image": tf(load_rgb(r.image, f"{protocol} gallery image {r.image_id}"))}
+        )
+        t2i_queries = ListDataset(
+            list(zip(found.captions, found.targets, strict=True)),
+            lambda rt, i: {"query_id": i, "target_id": rt[1], "reference_id": -1, "text": rt[0].text},
+        )
+        texts = ListDataset(found.images, lambda r, i: {"gallery_id": i, "text": r.text})
         i2t_queries = ListDataset(
-            [first[n] for n in names],
+            found.images,
             lambda r, i: {"query_id": i, "target_id": i, "reference_id": -1, "image": tf(load_rgb(r.image, r.source))},
         )
-        common = dict(ks=(1, 5, 10), headline=("R@1", "R@5", "R@10"))
+        common = dict(ks=IMAGE_TEXT_KS, headline=IMAGE_TEXT_HEADLINE, split=split)
         return [
-            RetrievalTask(f"{protocol}", "t2i", images, t2i_queries, names, [r.source or r.image_id for r in records], **common),
-            RetrievalTask(f"{protocol}", "i2t", texts, i2t_queries, [first[n].text for n in names], names, **common),
+            RetrievalTask(protocol, "t2i", images, t2i_queries, names, [r.source or r.image_id for r in found.captions], **common),
+            RetrievalTask(protocol, "i2t", texts, i2t_queries, [r.text for r in found.images], names, **common),
         ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +25,9 @@ from typing import Any, Literal
 from ctiir.datamodules.annotations import check_image_id, read_json, require
 from ctiir.datamodules.base import CTIIRDataModule, Split
 from ctiir.datamodules.errors import AnnotationError, DataError
-from ctiir.datamodules.images import OnMissing, load_rgb
-from ctiir.datamodules.records import ImageText, Triplet
-from ctiir.datamodules.tasks import ListDataset, RetrievalTask
+from ctiir.datamodules.protocol import ComposedQuery, ComposedSource, GalleryImage, ProtocolSpec
+from ctiir.datamodules.records import Triplet
 from ctiir.datamodules.text import TextMode, clip4cir_concat, compose_query_text
-from ctiir.datamodules.transforms import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -146,82 +144,55 @@ def read_fashioniq_captions(root: str | Path, category: str, split: str) -> list
     return [parse_caption_entry(entry, path, i, split) for i, entry in enumerate(data)]
 
 
-def val_split_gallery(queries: Sequence[FashionIQCaption]) -> list[str]:
-    """The ``val-split`` gallery: the distinct candidates and targets, in first-seen order (candidate first)."""
-    seen: dict[str, None] = {}
-    for q in queries:
-        seen.setdefault(q.candidate)
-        if q.target is not None:
-            seen.setdefault(q.target)
-    return list(seen)
-
-
-def check_targets(gallery_ids: Sequence[str], queries: Sequence[FashionIQCaption], what: str) -> None:
-    """Every query needs a target, and the target must be in the gallery: otherwise it can never be found."""
-    gallery = set(gallery_ids)
-    for q in queries:
-        if q.target is None:
-            raise AnnotationError(f"{q.source}: {what} query has no 'target'")
-        if q.target not in gallery:
-            raise AnnotationError(f"{q.source}: target {q.target!r} of this {what} query is not in the gallery")
-
-
-def fashioniq_protocol(root: str | Path, category: str, protocol: str) -> tuple[list[str], list[FashionIQCaption]]:
-    """The evaluation sets of one category: ``(gallery_ids, queries)`` from the val files.
-
-    ``original``: the gallery is every id of ``split.{cat}.val.json``. ``val-split``: the distinct candidates
-    and targets of the val queries. The queries are every entry of ``cap.{cat}.val.json`` in both.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown FashionIQ protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    queries = read_fashioniq_captions(root, category, "val")
-    gallery = read_fashioniq_split(root, category, "val") if protocol == "original" else val_split_gallery(queries)
-    check_targets(gallery, queries, f"fashioniq {category} val ({protocol})")
-    return gallery, queries
-
-
-@dataclass(frozen=True)
-class FashionIQQuery:
-    """One evaluation query: the reference (candidate) image, its text, and gallery positions."""
-
-    name: str
-    candidate: str
-    text: str | list[str]
-    target_index: int
-    reference_index: int
-    source: str
-
-
-def build_queries(
-    captions: Sequence[FashionIQCaption], gallery_ids: Sequence[str], query_text: str
-) -> list[FashionIQQuery]:
-    """Turn caption entries into queries for one query-text mode.
+def fashioniq_queries(
+    captions: Sequence[FashionIQCaption], locate: Callable[[str], Path], query_text: str
+) -> list[ComposedQuery]:
+    """Turn caption entries into composed queries for one query-text mode.
 
     ``clip4cir``: one query with CLIP4Cir's concatenation. ``average``: one query whose text is both orders
     (the stage averages the two fused embeddings). ``two-queries``: one query per order, with distinct names
-    and the same target. ``reference_index`` is the candidate's gallery position, or -1 if it is absent.
+    (``cap.dress.val.json#12`` and ``cap.dress.val.json#12/swapped``) and the same target.
+    ``locate`` maps an image id to its file.
     """
     if query_text not in QUERY_TEXTS:
         raise ValueError(f"unknown query_text {query_text!r}; expected one of {', '.join(QUERY_TEXTS)}")
-    index = {name: i for i, name in enumerate(gallery_ids)}
-    out: list[FashionIQQuery] = []
+    out: list[ComposedQuery] = []
     for c in captions:
-        if c.target is None or c.target not in index:
-            raise AnnotationError(f"{c.source}: target {c.target!r} is not in the gallery")
-        target, reference = index[c.target], index.get(c.candidate, -1)
+        if c.target is None:
+            raise AnnotationError(f"{c.source}: this evaluation query has no 'target'")
         name = f"{c.file.name}#{c.index}"
+        reference, target = locate(c.candidate), locate(c.target)
         if query_text == "two-queries":
             c0, c1 = c.captions
-            out.append(FashionIQQuery(name, c.candidate, clip4cir_concat(c0, c1), target, reference, c.source))
-            out.append(
-                FashionIQQuery(f"{name}/swapped", c.candidate, clip4cir_concat(c1, c0), target, reference, c.source)
-            )
+            texts: list[tuple[str, str | list[str]]] = [(name, clip4cir_concat(c0, c1)), (f"{name}/swapped", clip4cir_concat(c1, c0))]
         else:
             mode: TextMode = "average" if query_text == "average" else "clip4cir"
-            out.append(
-                FashionIQQuery(name, c.candidate, compose_query_text(c.captions, mode), target, reference, c.source)
-            )
+            texts = [(name, compose_query_text(c.captions, mode))]
+        for query_name, text in texts:
+            out.append(ComposedQuery(query_name, c.candidate, reference, text, c.target, target, source=c.source))
     return out
+
+
+def fashioniq_source(
+    protocol: ProtocolSpec,
+    category: str,
+    captions: Sequence[FashionIQCaption],
+    locate: Callable[[str], Path],
+    query_text: str,
+    split_ids: Sequence[str] | None = None,
+    split_path: Path | None = None,
+) -> ComposedSource:
+    """One category's evaluation source from its val files.
+
+    ``original``: the gallery is every id of ``split.{cat}.val.json`` (``split_ids``, in file order).
+    ``val-split`` (``split_ids=None``): the gallery is derived from the queries (their candidates and targets).
+    The queries are every caption entry in both.
+    """
+    gallery = None
+    if split_ids is not None:
+        where = split_path if split_path is not None else f"split.{category}.val.json"
+        gallery = [GalleryImage(i, locate(i), f"{where} entry {n}") for n, i in enumerate(split_ids)]
+    return ComposedSource(protocol, category, fashioniq_queries(captions, locate, query_text), gallery)
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -285,8 +256,7 @@ class FashionIQDataModule(CTIIRDataModule):
             copy written by ``ctiir check-data --write-filtered``.
         caption_pairs: Stage I image-caption JSONL/CSV file (relative to ``root`` or absolute).
         descriptions: Stage II product-description JSONL/CSV file (relative to ``root`` or absolute).
-        batch_size, num_workers, preprocess, target_pad_ratio, on_missing, train_text_mode, eval_batch_size,
-        max_val_queries, seed: see ``CTIIRDataModule``.
+        **kwargs: ``CTIIRDataModule``'s arguments (batch size, workers, preprocessing, ``on_missing``, ...).
     """
 
     name = "fashioniq"
@@ -301,27 +271,9 @@ class FashionIQDataModule(CTIIRDataModule):
         annotations_root: str | None = None,
         caption_pairs: str | None = None,
         descriptions: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        preprocess: Preprocess = "backbone",
-        target_pad_ratio: float = 1.25,
-        on_missing: OnMissing = "error",
-        train_text_mode: TextMode = "clip4cir-random-order",
-        eval_batch_size: int | None = None,
-        max_val_queries: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            preprocess=preprocess,
-            target_pad_ratio=target_pad_ratio,
-            on_missing=on_missing,
-            train_text_mode=train_text_mode,
-            eval_batch_size=eval_batch_size,
-            max_val_queries=max_val_queries,
-            seed=seed,
-        )
+        super().__init__(**kwargs)
         if isinstance(categories, str):
             categories = (categories,)  # type: ignore[assignment]
         categories = tuple(categories)
@@ -338,8 +290,6 @@ class FashionIQDataModule(CTIIRDataModule):
             raise ValueError(
                 f"FashionIQDataModule: unknown query_text {query_text!r}; expected {', '.join(QUERY_TEXTS)}"
             )
-        if on_missing not in ("error", "skip"):
-            raise ValueError(f"FashionIQDataModule: on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.root = Path(root)
         self.annotations_root = Path(annotations_root) if annotations_root is not None else self.root
         self.categories: tuple[str, ...] = categories
@@ -351,16 +301,15 @@ class FashionIQDataModule(CTIIRDataModule):
         self.images = ImageFolder(self.root / "images")
 
     # -------------------------------------------------------------------------------------- sources
-    @staticmethod
-    def _annotation_split(split: str) -> str:
-        """``"test"`` reads the val files: the official test targets are withheld."""
+    def annotation_split(self, split: str) -> str:
+        """``"test"`` reads the val files (and the val rows of the Stage I/II tables): test targets are withheld."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected train, val or test")
         return "val" if split == "test" else split
 
     def triplets(self, split: Split) -> list[Triplet]:
         """Triplets of every selected category together (``Triplet.category`` says which)."""
-        ann_split = self._annotation_split(split)
+        ann_split = self.annotation_split(split)
         out: list[Triplet] = []
         for cat in self.categories:
             for c in read_fashioniq_captions(self.annotations_root, cat, ann_split):
@@ -378,112 +327,32 @@ class FashionIQDataModule(CTIIRDataModule):
                 )
         return out
 
-    def _text_pairs(self, file: str | None, argument: str, what: str, split: Split) -> list[ImageText]:
-        if file is None:
-            raise NotImplementedError(
-                f"FashionIQDataModule has no {what}: set {argument}=<JSONL or CSV file of image/text pairs>"
-            )
-        from ctiir.datamodules.custom import read_image_text_pairs
-
-        # Relative paths are resolved against ``root`` first (then the working directory) by the reader.
-        return read_image_text_pairs(file, self.root, self._annotation_split(split))
-
-    def caption_pairs(self, split: Split) -> list[ImageText]:
-        """Stage I image-caption pairs from the ``caption_pairs`` file (its ``split`` column; test = val)."""
-        return self._text_pairs(self.caption_pairs_file, "caption_pairs", "Stage I image-caption pairs", split)
-
-    def description_pairs(self, split: Split) -> list[ImageText]:
-        """Stage II description->image pairs from the ``descriptions`` file (its ``split`` column; test = val)."""
-        return self._text_pairs(self.descriptions_file, "descriptions", "Stage II product descriptions", split)
-
-    # -------------------------------------------------------------------------------------- evaluation
-    def _missing(self, image_id: str, what: str, source: str) -> DataError:
-        return DataError(
-            f"missing image {self.images.describe_missing(image_id)} in {what}, annotation entry {source}; "
-            "fix the data (see `ctiir check-data`) or pass on_missing='skip'"
-        )
-
-    def evaluation_sets(self, category: str) -> tuple[list[str], list[FashionIQCaption]]:
-        """``(gallery_ids, queries)`` of one category under this protocol, with missing images handled.
-
-        ``on_missing="error"``: a missing gallery or query image is an error naming the file, the split and
-        the annotation entry. ``"skip"``: missing gallery images are removed, then every query whose
-        candidate or target image is missing (so also one whose target was removed); both counts are logged.
-        """
-        what = f"fashioniq {category} val ({self.protocol})"
-        queries = read_fashioniq_captions(self.annotations_root, category, "val")
-        dropped_gallery = 0
-        if self.protocol == "original":
-            split_path = split_file(self.annotations_root, category, "val")
-            gallery = []
-            for i, image_id in enumerate(read_fashioniq_split(self.annotations_root, category, "val")):
-                if self.images.find(image_id) is not None:
-                    gallery.append(image_id)
-                elif self.on_missing == "error":
-                    raise self._missing(image_id, f"{what} gallery", f"{split_path} entry {i}")
-                else:
-                    dropped_gallery += 1
-        kept: list[FashionIQCaption] = []
-        for q in queries:
-            absent = [i for i in (q.candidate, q.target) if i is not None and self.images.find(i) is None]
-            if not absent:
-                kept.append(q)
-            elif self.on_missing == "error":
-                raise self._missing(absent[0], f"{what} queries", q.source)
-        if self.protocol == "val-split":
-            gallery = val_split_gallery(kept)
-        if self.on_missing == "skip" and (dropped_gallery or len(kept) < len(queries)):
-            log.warning(
-                "%s: skipped %d of %d gallery images and %d of %d queries with missing images (on_missing='skip')",
-                what,
-                dropped_gallery,
-                len(gallery) + dropped_gallery,
-                len(queries) - len(kept),
-                len(queries),
-            )
-        check_targets(gallery, kept, what)
-        return gallery, kept
-
     def protocol_name(self) -> str:
         """The protocol tag in metric keys, e.g. ``fashioniq-original`` in ``val/fashioniq-original/dress/R@10``."""
         return f"fashioniq-{self.protocol}"
 
-    def composed_tasks(self, split: Split) -> list[RetrievalTask]:
-        """One ``RetrievalTask`` per category over the val files (``"test"`` too: test targets are withheld)."""
-        if self._annotation_split(split) != "val":
+    def evaluation_protocol(self) -> ProtocolSpec:
+        """FashionIQ's scoring: R@1/5/10/50, headline the mean of R@10 and R@50 (averaged over categories)."""
+        return ProtocolSpec(self.protocol_name(), KS, HEADLINE, self.exclude_reference)
+
+    def category_source(self, category: str) -> ComposedSource:
+        """One category's gallery and queries from the val files (``"test"`` too: test targets are withheld)."""
+        captions = read_fashioniq_captions(self.annotations_root, category, "val")
+        split_ids = None
+        if self.protocol == "original":
+            split_ids = read_fashioniq_split(self.annotations_root, category, "val")
+        return fashioniq_source(
+            self.evaluation_protocol(),
+            category,
+            captions,
+            self.images.path,
+            self.query_text,
+            split_ids=split_ids,
+            split_path=split_file(self.annotations_root, category, "val"),
+        )
+
+    def composed_sources(self, split: Split) -> list[ComposedSource]:
+        """One source per category over the val files."""
+        if self.annotation_split(split) != "val":
             raise ValueError(f"FashionIQ evaluates on the val files; got split {split!r} (use 'val' or 'test')")
-        tf = self._require_transforms()[1]
-        tasks = []
-        for cat in self.categories:
-            gallery_ids, captions = self.evaluation_sets(cat)
-            queries = build_queries(captions, gallery_ids, self.query_text)
-            if self.max_val_queries is not None:
-                queries = queries[: self.max_val_queries]
-            protocol = self.protocol_name()
-            gallery = self.gallery_dataset(gallery_ids, [self.images.path(i) for i in gallery_ids], f"{protocol} {cat}")
-            paths = {q.candidate: self.images.path(q.candidate) for q in queries}
-
-            def make(q: FashionIQQuery, i: int, paths: dict[str, Path] = paths) -> dict[str, Any]:
-                return {
-                    "query_id": i,
-                    "target_id": q.target_index,
-                    "reference_id": q.reference_index,
-                    "image": tf(load_rgb(paths[q.candidate], f"reference of {q.source}")),
-                    "text": q.text,
-                }
-
-            tasks.append(
-                RetrievalTask(
-                    protocol=protocol,
-                    subset=cat,
-                    gallery=gallery,
-                    queries=ListDataset(queries, make),
-                    gallery_names=list(gallery_ids),
-                    query_names=[q.name for q in queries],
-                    ks=KS,
-                    exclude_reference=self.exclude_reference,
-                    headline=HEADLINE,
-                    extra={"query_text": self.query_text, "split": split},
-                )
-            )
-        return tasks
+        return [self.category_source(cat) for cat in self.categories]

@@ -30,6 +30,46 @@ def load_rgb(path: str | Path, context: str = "") -> Image.Image:
         raise DataError(f"unreadable or corrupt image {path}{where}: {err}") from err
 
 
+def is_file(path: Path) -> bool:
+    """The default presence test: a regular file exists at ``path``."""
+    return Path(path).is_file()
+
+
+def missing_image_error(path: Path, what: str, entry: str) -> DataError:
+    """The one message for a missing image: the file, what it belongs to and the annotation entry."""
+    return DataError(
+        f"missing image {path} in {what}, annotation entry {entry}; "
+        "fix the data (see `ctiir check-data`) or pass on_missing='skip'"
+    )
+
+
+def partition_present(
+    records: Sequence[R],
+    paths: Callable[[R], Sequence[Path]],
+    *,
+    on_missing: OnMissing,
+    what: str,
+    describe: Callable[[R], str] = lambda r: getattr(r, "source", "") or repr(r),
+    is_present: Callable[[Path], bool] = is_file,
+) -> tuple[list[R], int]:
+    """``(records whose images are all present, how many were dropped)``.
+
+    ``on_missing="error"`` raises on the first record with a missing image, naming the file, ``what`` (e.g.
+    ``"fashioniq dress val queries"``) and the annotation entry; ``"skip"`` drops such records. The caller
+    reports the count, so that nothing is dropped silently.
+    """
+    if on_missing not in ("error", "skip"):
+        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    kept: list[R] = []
+    for record in records:
+        missing = [p for p in paths(record) if not is_present(Path(p))]
+        if not missing:
+            kept.append(record)
+        elif on_missing == "error":
+            raise missing_image_error(missing[0], what, describe(record))
+    return kept, len(records) - len(kept)
+
+
 def filter_missing(
     records: Sequence[R],
     paths: Callable[[R], Sequence[Path]],
@@ -38,27 +78,8 @@ def filter_missing(
     what: str,
     describe: Callable[[R], str] = lambda r: getattr(r, "source", "") or repr(r),
 ) -> list[R]:
-    """Check that every image a record needs exists.
-
-    ``on_missing="error"`` (the default everywhere) raises on the first record with a missing image, naming
-    the file, ``what`` (e.g. ``"fashioniq dress val queries"``) and the annotation entry.
-    ``on_missing="skip"`` drops such records and logs how many, so nothing is dropped silently.
-    """
-    if on_missing not in ("error", "skip"):
-        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
-    kept: list[R] = []
-    skipped = 0
-    for record in records:
-        missing = [p for p in paths(record) if not Path(p).is_file()]
-        if not missing:
-            kept.append(record)
-            continue
-        if on_missing == "error":
-            raise DataError(
-                f"missing image {missing[0]} in {what}, annotation entry {describe(record)}; "
-                "fix the data (see `ctiir check-data`) or pass on_missing='skip'"
-            )
-        skipped += 1
+    """``partition_present`` for training records, logging how many were skipped."""
+    kept, skipped = partition_present(records, paths, on_missing=on_missing, what=what, describe=describe)
     if skipped:
         log.warning("%s: skipped %d of %d entries with missing images (on_missing='skip')", what, skipped, len(records))
     return kept

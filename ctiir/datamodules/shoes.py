@@ -21,31 +21,23 @@ R@50, all three in the headline score. Training triplets are those whose referen
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ctiir.datamodules.annotations import check_caption, check_image_id, require
+from ctiir.datamodules.annotations import check_caption, check_image_id, read_json, require
 from ctiir.datamodules.base import CTIIRDataModule, Split
-from ctiir.datamodules.custom import (
-    ComposedQuery,
-    build_composed_task,
-    read_image_text_pairs,
-    read_json_file,
-    split_records,
-)
 from ctiir.datamodules.errors import AnnotationError, DataError
-from ctiir.datamodules.images import OnMissing
+from ctiir.datamodules.protocol import ComposedQuery, ComposedSource, GalleryImage, ProtocolSpec
 from ctiir.datamodules.records import ImageText, Triplet
-from ctiir.datamodules.tasks import RetrievalTask
-from ctiir.datamodules.text import TextMode
-from ctiir.datamodules.transforms import Preprocess
 
 TRIPLETS_FILE = "relative_captions_shoes.json"
 CAPTIONS_FILE = "captions_shoes.json"
 TRAIN_NAMES_FILE = "train_im_names.txt"
 EVAL_NAMES_FILE = "eval_im_names.txt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+PROTOCOL = ProtocolSpec("shoes", ks=(1, 10, 50), headline=("R@1", "R@10", "R@50"), exclude_reference=True)
 
 
 @dataclass(frozen=True)
@@ -76,20 +68,22 @@ class ShoesAnnotations:
         return [c for c in self.captions if c[0] in names]
 
 
-def read_names(path: Path) -> list[str]:
-    """A name list: one file name per line; blank lines are ignored, a repeated name is an error."""
+def name_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, name)`` of a name list's non-blank lines; an unreadable file is an ``AnnotationError``."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     try:
         lines = path.read_bytes().decode("utf-8").split("\n")
     except UnicodeDecodeError as err:
         raise AnnotationError(f"{path}: not UTF-8 text ({err})") from err
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def read_names(path: Path) -> list[str]:
+    """A name list: one file name per line; blank lines are ignored, a repeated name is an error."""
     names: list[str] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name:
-            continue
+    for number, name in name_lines(path):
         check_image_id(name, f"{path} line {number}", key="image name")
         if name in seen:
             raise AnnotationError(f"{path} line {number}: {name!r} repeats line {seen[name]}")
@@ -100,11 +94,37 @@ def read_names(path: Path) -> list[str]:
     return names
 
 
-def _entries(path: Path) -> list:
-    data = read_json_file(path)
+def json_entries(path: Path) -> list[Any]:
+    """A Shoes JSON file's entries (a JSON array)."""
+    data = read_json(path)
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON array of entries, got {type(data).__name__}")
     return data
+
+
+def parse_triplet(entry: Any, where: str) -> ShoesTriplet:
+    """One ``relative_captions_shoes.json`` entry, checked on its own (types, names, a non-blank caption)."""
+    target = check_image_id(require(entry, "ImageName", str, where), where, "ImageName")
+    reference = check_image_id(require(entry, "ReferenceImageName", str, where), where, "ReferenceImageName")
+    caption = check_caption(require(entry, "RelativeCaption", str, where), where, "RelativeCaption")
+    return ShoesTriplet(reference, target, caption, where)
+
+
+def triplet_membership(t: ShoesTriplet, train: Collection[str], evals: Collection[str]) -> str | None:
+    """Why a triplet does not fit the name lists, or ``None``: its reference must be in one, and an
+    evaluation triplet's target in the eval list (the gallery)."""
+    if t.reference not in train and t.reference not in evals:
+        return f"ReferenceImageName {t.reference!r} is in neither {TRAIN_NAMES_FILE} nor {EVAL_NAMES_FILE}"
+    if t.reference in evals and t.target not in evals:
+        return f"evaluation triplet's target {t.target!r} is not in {EVAL_NAMES_FILE} (the gallery)"
+    return None
+
+
+def parse_caption(entry: Any, where: str) -> tuple[str, str, str]:
+    """One ``captions_shoes.json`` entry: ``(image name, caption, where)``."""
+    name = check_image_id(require(entry, "ImageName", str, where), where, "ImageName")
+    caption = check_caption(require(entry, "Caption", str, where), where, "Caption")
+    return name, caption, where
 
 
 def read_shoes(annotations_root: str | Path) -> ShoesAnnotations:
@@ -122,34 +142,32 @@ def read_shoes(annotations_root: str | Path) -> ShoesAnnotations:
         raise AnnotationError(
             f"{root / TRAIN_NAMES_FILE} and {root / EVAL_NAMES_FILE} share {len(both)} names, e.g. {both[0]!r}"
         )
-
     path = root / TRIPLETS_FILE
     triplets: list[ShoesTriplet] = []
-    for i, entry in enumerate(_entries(path)):
-        where = f"{path} entry {i}"
-        target = check_image_id(require(entry, "ImageName", str, where), where, "ImageName")
-        reference = check_image_id(require(entry, "ReferenceImageName", str, where), where, "ReferenceImageName")
-        caption = check_caption(require(entry, "RelativeCaption", str, where), where, "RelativeCaption")
-        if reference not in train_set and reference not in eval_set:
-            raise AnnotationError(
-                f"{where}: ReferenceImageName {reference!r} is in neither {TRAIN_NAMES_FILE} nor {EVAL_NAMES_FILE}"
-            )
-        if reference in eval_set and target not in eval_set:
-            raise AnnotationError(
-                f"{where}: evaluation triplet's target {target!r} is not in {EVAL_NAMES_FILE} (the gallery)"
-            )
-        triplets.append(ShoesTriplet(reference, target, caption, where))
-
+    for i, entry in enumerate(json_entries(path)):
+        triplet = parse_triplet(entry, f"{path} entry {i}")
+        problem = triplet_membership(triplet, train_set, eval_set)
+        if problem is not None:
+            raise AnnotationError(f"{triplet.source}: {problem}")
+        triplets.append(triplet)
     path = root / CAPTIONS_FILE
     captions: list[tuple[str, str, str]] = []
-    for i, entry in enumerate(_entries(path)):
-        where = f"{path} entry {i}"
-        name = check_image_id(require(entry, "ImageName", str, where), where, "ImageName")
-        caption = check_caption(require(entry, "Caption", str, where), where, "Caption")
+    for i, entry in enumerate(json_entries(path)):
+        name, caption, where = parse_caption(entry, f"{path} entry {i}")
         if name not in train_set and name not in eval_set:
             raise AnnotationError(f"{where}: ImageName {name!r} is in neither {TRAIN_NAMES_FILE} nor {EVAL_NAMES_FILE}")
         captions.append((name, caption, where))
     return ShoesAnnotations(triplets, train, evals, captions)
+
+
+def shoes_source(annotations: ShoesAnnotations, locate: Callable[[str], Path], eval_list: str = EVAL_NAMES_FILE) -> ComposedSource:
+    """The evaluation: the gallery is the eval images, the queries every triplet whose reference is one."""
+    gallery = [GalleryImage(n, locate(n), f"{eval_list} name {n}") for n in annotations.eval_names]
+    queries = [
+        ComposedQuery(t.source, t.reference, locate(t.reference), t.caption, t.target, locate(t.target), source=t.source)
+        for t in annotations.split_triplets("test")
+    ]
+    return ComposedSource(PROTOCOL, None, queries, gallery)
 
 
 def index_images(image_root: str | Path) -> dict[str, list[Path]]:
@@ -172,8 +190,8 @@ class ShoesDataModule(CTIIRDataModule):
         root: the image root (images are found by name anywhere below it).
         annotations_root: folder of the four annotation files (default: ``root``).
         caption_pairs: optional open-domain image-caption JSONL/CSV file for Stage I (Shoes has none of its
-            own; see ``ctiir.datamodules.custom`` for the format, paths relative to ``root``).
-        The remaining arguments are ``CTIIRDataModule``'s.
+            own; see ``ctiir.datamodules.tables`` for the format, paths relative to ``root``).
+        **kwargs: ``CTIIRDataModule``'s arguments.
     """
 
     name = "shoes"
@@ -183,27 +201,9 @@ class ShoesDataModule(CTIIRDataModule):
         root: str,
         annotations_root: str | None = None,
         caption_pairs: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        preprocess: Preprocess = "backbone",
-        target_pad_ratio: float = 1.25,
-        on_missing: OnMissing = "error",
-        train_text_mode: TextMode = "clip4cir-random-order",
-        eval_batch_size: int | None = None,
-        max_val_queries: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            preprocess=preprocess,
-            target_pad_ratio=target_pad_ratio,
-            on_missing=on_missing,
-            train_text_mode=train_text_mode,
-            eval_batch_size=eval_batch_size,
-            max_val_queries=max_val_queries,
-            seed=seed,
-        )
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.annotations_root = Path(annotations_root) if annotations_root is not None else self.root
         self.caption_pairs_file = caption_pairs
@@ -240,31 +240,10 @@ class ShoesDataModule(CTIIRDataModule):
             for t in self.annotations.split_triplets(split)
         ]
 
-    def caption_pairs(self, split: Split) -> list[ImageText]:
-        if self.caption_pairs_file is None:
-            raise NotImplementedError("Shoes has no Stage I image-caption pairs: set caption_pairs (a JSONL/CSV file)")
-        return split_records(read_image_text_pairs, self.caption_pairs_file, self.root, split)
-
     def description_pairs(self, split: Split) -> list[ImageText]:
         return [ImageText(self.image_path(n), c, n, source=s) for n, c, s in self.annotations.split_captions(split)]
 
-    def composed_tasks(self, split: Split) -> list[RetrievalTask]:
+    def composed_sources(self, split: Split) -> list[ComposedSource]:
         if split not in ("val", "test"):
             raise ValueError(f"Shoes evaluates on the eval images: split must be 'val' or 'test', got {split!r}")
-        ann = self.annotations
-        queries: Sequence[ComposedQuery] = [
-            ComposedQuery(t.source, t.reference, self.image_path(t.reference), t.caption, t.target, source=t.source)
-            for t in ann.split_triplets("test")
-        ]
-        return [
-            build_composed_task(
-                self,
-                protocol="shoes",
-                split=split,
-                gallery=[(n, self.image_path(n)) for n in ann.eval_names],
-                queries=queries,
-                ks=(1, 10, 50),
-                headline=("R@1", "R@10", "R@50"),
-                exclude_reference=True,
-            )
-        ]
+        return [shoes_source(self.annotations, self.image_path)]

@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -769,6 +769,14 @@ class SyntheticDataModule(FashionIQDataModule):
     FashionIQ triplets, Stage III the triplets. Generation (in ``prepare_data``, so only one process per node
     writes under DDP) is deterministic in ``synth_seed`` and ``size``; an existing identical dataset is reused,
     and a different one is never overwritten.
+
+    Args:
+        root: where the benchmark is (or is generated).
+        size: ``tiny``, ``default`` or ``large`` (see ``SIZES``).
+        synth_seed: the generator's seed.
+        generate_if_missing: generate in ``prepare_data`` when ``root`` holds no dataset.
+        **kwargs: ``FashionIQDataModule``'s evaluation arguments (``protocol``, ``query_text``,
+            ``exclude_reference``, ``categories``) and ``CTIIRDataModule``'s (batch size, workers, ...).
     """
 
     name = "synthetic"
@@ -779,32 +787,13 @@ class SyntheticDataModule(FashionIQDataModule):
         size: str = "default",
         synth_seed: int = 0,
         generate_if_missing: bool = True,
-        protocol: Literal["original", "val-split"] = "original",
-        query_text: Literal["clip4cir", "average", "two-queries"] = "clip4cir",
-        exclude_reference: bool = False,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        preprocess: Literal["backbone", "targetpad"] = "backbone",
-        on_missing: Literal["error", "skip"] = "error",
-        eval_batch_size: int | None = None,
-        max_val_queries: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            root=root,
-            protocol=protocol,
-            query_text=query_text,
-            exclude_reference=exclude_reference,
-            caption_pairs="stage1/pairs.jsonl",
-            descriptions="stage2/descriptions.jsonl",
-            batch_size=batch_size,
-            num_workers=num_workers,
-            preprocess=preprocess,
-            on_missing=on_missing,
-            eval_batch_size=eval_batch_size,
-            max_val_queries=max_val_queries,
-            seed=seed,
+            root=root, caption_pairs="stage1/pairs.jsonl", descriptions="stage2/descriptions.jsonl", **kwargs
         )
+        if size not in SIZES:
+            raise ValueError(f"SyntheticDataModule: unknown size {size!r}; expected one of {sorted(SIZES)}")
         self.size = size
         self.synth_seed = synth_seed
         self.generate_if_missing = generate_if_missing

@@ -8,22 +8,34 @@ Gallery items: ``{"gallery_id": int, "image": Tensor}`` or ``{"gallery_id": int,
 Query items:   ``{"query_id": int, "target_id": int, "reference_id": int}`` plus ``"image"`` and/or
 ``"text"`` (a string, or a list of strings whose fused query embeddings are averaged), and for CIRR
 ``"member_ids"`` (gallery ids of the query's image set, ``-1``-padded).
-``reference_id`` is ``-1`` where the reference is not in the gallery.
+``reference_id`` is what the ranking removes under ``exclude_reference``: ``-1`` where the reference is not
+in the gallery, or is the target.
+
+Composed tasks are built from an ``EvaluationSet`` (``ctiir.datamodules.protocol``), kept as
+``task.evaluation``: the typed record of the protocol's gallery, resolved queries and skip counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+if TYPE_CHECKING:
+    from ctiir.datamodules.protocol import EvaluationSet
+
 
 @dataclass
 class RetrievalTask:
+    """One ranked-retrieval task: the datasets to encode and how to score them.
+
+    ``split`` is the split it evaluates, and ``evaluation`` the protocol's typed record (composed tasks).
+    """
+
     protocol: str
     subset: str | None
     gallery: Dataset
@@ -34,7 +46,8 @@ class RetrievalTask:
     subset_ks: tuple[int, ...] = ()
     exclude_reference: bool = False
     headline: tuple[str, ...] = ("R@10", "R@50")
-    extra: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    evaluation: EvaluationSet | None = None
 
     @property
     def key(self) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctiir.fusion.base import Fusion, check_dropout, check_positive_int
+from ctiir.fusion.base import Fused, Fusion, check_dropout, check_positive_int
 from ctiir.fusion.registry import register_fusion
 
 WeightMode = Literal["soft", "rank", "implicit"]
@@ -136,11 +136,10 @@ class AdaptiveWeighting(Fusion):
         self.check_features(v, t)
         return torch.softmax(self._logits(v, t).float(), dim=-1)
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def fuse(self, v: torch.Tensor, t: torch.Tensor) -> Fused:
         w = self.weights(v, t)
-        self.last_weights = w.detach()
-        w = w.to(v.dtype)
-        return F.normalize(w[:, :1] * v + w[:, 1:] * t, dim=-1)
+        query_w = w.to(v.dtype)
+        return Fused(F.normalize(query_w[:, :1] * v + query_w[:, 1:] * t, dim=-1), w.detach())
 
     def targets(self, v: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
         """The self-supervision target (B, 2) of the current mode; ``None`` for ``implicit``."""

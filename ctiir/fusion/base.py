@@ -9,7 +9,7 @@ known; binding twice to the same size is a no-op, to another size an error.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -29,23 +29,48 @@ def check_dropout(value: Any, name: str = "dropout") -> float:
     return float(value)
 
 
+REGISTRY_NAME_ATTR = "_fusion_registry_name"
+
+
+class Fused(NamedTuple):
+    """A fused query: ``query`` (B, D), L2-normalised, and the modality ``weights`` (B, 2) or ``None``.
+
+    ``weights[:, 0]`` is the image's share and ``weights[:, 1]`` the text's (rows sum to 1), detached: they
+    describe the query, they are not trained through this value.
+    """
+
+    query: torch.Tensor
+    weights: torch.Tensor | None
+
+
+def as_fused(value: Any) -> Fused:
+    """A query encoder's output as a ``Fused``: ctiir stages return one, a plain (B, D) tensor has no weights."""
+    if isinstance(value, Fused):
+        return value
+    if isinstance(value, torch.Tensor):
+        return Fused(value, None)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor):
+        return Fused(value[0], value[1])
+    raise TypeError(f"a query encoder must return a (B, D) tensor or a Fused(query, weights); got {type(value).__name__}")
+
+
 class Fusion(nn.Module):
     """Combines L2-normalised image and text features into an L2-normalised query.
 
-    ``forward(v, t)`` gets ``v`` and ``t`` of shape (B, D), both already L2-normalised, and returns the
-    L2-normalised query (B, D). ``loss(v, t, g)`` is the fusion's own training loss given the normalised
-    target embeddings ``g`` (or ``None`` when it has none); the stage adds it to the retrieval loss.
-    ``last_weights`` holds the latest per-query ``(w_img, w_txt)`` as a detached (B, 2) tensor for fusions
-    that weight the modalities, else ``None``. ``config`` is a JSON-serialisable ``{"name": ..., **kwargs}``
-    such that ``build_fusion(**config)`` rebuilds it.
+    :meth:`fuse` is the one method to implement: it gets ``v`` and ``t`` of shape (B, D), both already
+    L2-normalised, and returns a :class:`Fused` with the L2-normalised query (B, D) and, for fusions that
+    weight the modalities, the per-query ``(w_img, w_txt)`` (else ``None``). ``forward(v, t)`` returns the
+    query alone, for users who only want that. ``loss(v, t, g)`` is the fusion's own training loss given the
+    normalised target embeddings ``g`` (or ``None`` when it has none); the stage adds it to the retrieval
+    loss. ``config`` is a JSON-serialisable ``{"name": ..., **kwargs}`` such that ``build_fusion(**config)``
+    rebuilds it.
 
     Writing a subclass: call ``super().__init__()`` first, store every ``__init__`` argument as an attribute
     of the same name (``config`` reads them back), end ``__init__`` with ``self._bind_if_given(embed_dim)``,
-    and create the layers in :meth:`_build`. Register it with ``@register_fusion(name, test_kwargs=...)``;
-    the test-suite then checks it against this contract without further work.
+    and create the layers in :meth:`_build`. Register it with ``@register_fusion(name, test_kwargs=...)``,
+    which also stamps the name on the class; the test-suite then checks it against this contract without
+    further work.
     """
-
-    last_weights: torch.Tensor | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,17 +113,15 @@ class Fusion(nn.Module):
 
     @property
     def registry_name(self) -> str:
-        """The name this class is registered under (looked up, so it cannot drift from the decorator)."""
-        from ctiir.fusion.registry import FUSIONS  # the registry imports this module
-
-        names = [name for name in FUSIONS.names() if FUSIONS.get(name) is type(self)]
-        if len(names) != 1:
-            found = ", ".join(names) if names else "none"
+        """The name ``@register_fusion`` stamped on this very class (a subclass does not inherit it: its
+        config would otherwise rebuild the parent class)."""
+        name = type(self).__dict__.get(REGISTRY_NAME_ATTR)
+        if name is None:
             raise LookupError(
-                f"{type(self).__name__} must be registered under exactly one fusion name to have a config "
-                f"(found: {found}); decorate it with @register_fusion(name)"
+                f"{type(self).__name__} is not a registered fusion, so it has no config; decorate it with "
+                "@register_fusion(name)"
             )
-        return names[0]
+        return name
 
     @property
     def config(self) -> dict[str, Any]:
@@ -143,9 +166,13 @@ class Fusion(nn.Module):
                 f"got {tuple(g.shape)}"
             )
 
+    def fuse(self, v: torch.Tensor, t: torch.Tensor) -> Fused:
+        """The query (B, D) and modality weights (B, 2) or ``None``, from normalised ``v`` and ``t`` (B, D)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fuse(v, t)")
+
     def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The L2-normalised query (B, D) from normalised image ``v`` and text ``t`` features (B, D)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(v, t)")
+        """The L2-normalised query (B, D) alone."""
+        return self.fuse(v, t).query
 
     def loss(self, v: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
         """The fusion's own loss given normalised targets ``g`` (B, D); ``None`` when it has none."""

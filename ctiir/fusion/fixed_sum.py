@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ctiir.fusion.base import Fusion
+from ctiir.fusion.base import Fused, Fusion
 from ctiir.fusion.registry import register_fusion
 
 
@@ -27,8 +27,7 @@ class FixedSum(Fusion):
     def _build(self, embed_dim: int) -> None:
         """Nothing to create: the sum has no layers, only the size check needs ``embed_dim``."""
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def fuse(self, v: torch.Tensor, t: torch.Tensor) -> Fused:
         self.check_features(v, t)
         weights = v.new_tensor([self.alpha, 1.0 - self.alpha]).expand(v.shape[0], 2)
-        self.last_weights = weights.detach()
-        return F.normalize(self.alpha * v + (1.0 - self.alpha) * t, dim=-1)
+        return Fused(F.normalize(self.alpha * v + (1.0 - self.alpha) * t, dim=-1), weights.detach())

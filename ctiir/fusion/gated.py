@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctiir.fusion.base import Fusion, check_dropout, check_positive_int
+from ctiir.fusion.base import Fused, Fusion, check_dropout, check_positive_int
 from ctiir.fusion.registry import register_fusion
 
 PROJECTION_FACTOR, PROJECTION_CAP = 4, 2560
@@ -25,7 +25,7 @@ class Gated(Fusion):
     ``p_t`` and ``p_v`` are the text and image features projected to ``projection_dim`` (Linear, ReLU,
     dropout). ``MLP`` is ``2P -> hidden_dim -> D`` (ReLU, dropout) and ``G`` is ``2P -> hidden_dim -> 1``
     (ReLU, dropout). The gate mixes the *input* features as a residual, so the head starts close to a
-    learned weighted sum and the MLP adds a correction. ``last_weights`` is ``(1 - gate, gate)``.
+    learned weighted sum and the MLP adds a correction. Its weights are ``(1 - gate, gate)``.
 
     ``projection_dim`` / ``hidden_dim`` default (``None``) to ``min(4 D, 2560)`` / ``min(8 D, 5120)``; once
     bound, the attributes (and so ``config``) hold the resolved sizes.
@@ -59,9 +59,9 @@ class Gated(Fusion):
             nn.Linear(2 * proj, hidden), nn.ReLU(), nn.Dropout(self.dropout), nn.Linear(hidden, 1), nn.Sigmoid()
         )
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def fuse(self, v: torch.Tensor, t: torch.Tensor) -> Fused:
         self.check_features(v, t)
         joint = torch.cat([self.text_projection(t), self.image_projection(v)], dim=-1)
         gate = self.gate(joint)  # (B, 1): the text's share of the residual
-        self.last_weights = torch.cat([1.0 - gate, gate], dim=-1).detach()
-        return F.normalize(self.combiner(joint) + gate * t + (1.0 - gate) * v, dim=-1)
+        query = F.normalize(self.combiner(joint) + gate * t + (1.0 - gate) * v, dim=-1)
+        return Fused(query, torch.cat([1.0 - gate, gate], dim=-1).detach())

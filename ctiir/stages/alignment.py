@@ -14,10 +14,11 @@ from ctiir.stages.base import CTIIRStage
 
 
 class OpenDomainAlignment(CTIIRStage):
-    """Stage I. Trains on ``caption_pairs``; reports text->image and image->text recall on them."""
+    """Stage I. Trains on ``caption_pairs``; reports text->image and image->text recall on them, then the
+    composed protocol with the (fixed-sum) fusion: the zero-shot baseline after this stage."""
 
-    training_data = "caption_pairs"
-    default_eval_kinds = ("caption_pairs",)
+    training_sources = {"main": "caption_pairs"}
+    default_eval_kinds = ("caption_pairs", "composed")
 
     def stage_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         v = self.encode_images(batch["image"])

@@ -6,15 +6,18 @@
 - ``init_from`` starts a stage from an earlier stage's checkpoint; any mismatch is an error.
 - Contrastive losses are computed against negatives gathered from every rank, with gradients.
 - ``encode_query`` / ``encode_gallery`` are the contract with the ``RetrievalEvaluation`` callback.
+- The stage tells its datamodule what it needs in one call (``datamodule.serve(self.data_request())``, in
+  ``setup``), and records the preprocessing the datamodule used, so that a checkpoint carries it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -22,7 +25,10 @@ import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
 from ctiir.backbones import Backbone, build_backbone
-from ctiir.fusion import Fusion, build_fusion
+from ctiir.datamodules.request import DataRequest, Source
+from ctiir.datamodules.transforms import Preprocessing, build_transforms
+from ctiir.fusion import Fused, Fusion, build_fusion
+from ctiir.fusion.registry import FUSIONS
 from ctiir.losses import ContrastiveLoss, ids_to_tensor
 
 log = logging.getLogger(__name__)
@@ -46,22 +52,54 @@ def resolve_backbone(backbone: BackboneArg, backbone_kwargs: dict[str, Any] | No
     raise TypeError(f"backbone must be a name, a spec dict or a Backbone, got {type(backbone).__name__}")
 
 
+def fusion_class(path: str) -> type[Fusion]:
+    """The ``Fusion`` subclass at a class path such as ``ctiir.fusion.Gated``; anything else is a clear error."""
+    module_name, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr) if module_name else None
+    except ImportError as err:
+        raise ValueError(f"fusion class {path!r}: cannot import {module_name!r} ({err})") from None
+    except AttributeError:
+        raise ValueError(f"fusion class {path!r}: module {module_name!r} has no {attr!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Fusion)):
+        known = ", ".join(FUSIONS.names())
+        raise ValueError(f"fusion {path!r} is neither a registered fusion name ({known}) nor a Fusion class path")
+    return cls
+
+
 def resolve_fusion(fusion: FusionArg, fusion_kwargs: dict[str, Any] | None, embed_dim: int) -> Fusion:
+    """Every form a fusion may be given in, as one bound ``Fusion``.
+
+    A registry name (``"gated"``), a class path (``"ctiir.fusion.Gated"``), a config dict (a checkpoint's
+    ``{"name": ..., **kwargs}``, or LightningCLI's ``{"class_path": ..., "init_args": {...}}``), or a built
+    ``Fusion``. ``fusion_kwargs`` adds arguments to the first three.
+    """
+    extra = dict(fusion_kwargs or {})
     if isinstance(fusion, Fusion):
-        if fusion_kwargs:
-            raise ValueError("fusion_kwargs is only for a fusion given by name")
-        fusion.bind(embed_dim)
-        return fusion
+        if extra:
+            raise ValueError("fusion_kwargs is only for a fusion given by name or class path")
+        return fusion.bind(embed_dim)
     if isinstance(fusion, str):
-        return build_fusion(fusion, embed_dim=embed_dim, **(fusion_kwargs or {}))
-    if isinstance(fusion, dict):
-        config = {**fusion, **(fusion_kwargs or {})}
+        if "." in fusion:
+            return fusion_class(fusion)(embed_dim=embed_dim, **extra)
+        return build_fusion(fusion, embed_dim=embed_dim, **extra)
+    if isinstance(fusion, Mapping):
+        config = {**fusion, **extra}
+        if "class_path" in config:
+            unknown = sorted(set(config) - {"class_path", "init_args"})
+            if unknown:
+                raise ValueError(f"a class_path fusion takes only class_path and init_args; got also {unknown}")
+            init_args = dict(config.get("init_args") or {})
+            stored = init_args.pop("embed_dim", None)
+            return fusion_class(config["class_path"])(embed_dim=stored, **init_args).bind(embed_dim)
         if "name" not in config:
-            raise ValueError(f"a fusion config needs a 'name' key, got keys {sorted(config)}")
+            raise ValueError(
+                f"a fusion config needs a 'name' (a registered fusion) or a 'class_path'; got keys {sorted(config)}"
+            )
         stored = config.pop("embed_dim", None)
         # A stored size that differs from the backbone's is an error naming both, not a silent rebuild.
         return build_fusion(config.pop("name"), embed_dim=stored, **config).bind(embed_dim)
-    raise TypeError(f"fusion must be a name, a config dict or a Fusion, got {type(fusion).__name__}")
+    raise TypeError(f"fusion must be a name, a class path, a config dict or a Fusion, got {type(fusion).__name__}")
 
 
 def architecture(spec: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +125,16 @@ class CTIIRStage(L.LightningModule):
         init_from: a checkpoint of an earlier stage to start from (backbone, temperature, and the fusion when
             it has the same config).
         grad_checkpointing: trade compute for memory where the backbone supports it.
-        eval_kinds: which evaluation tasks the ``RetrievalEvaluation`` callback runs for this stage.
+        eval_kinds: which evaluation tasks the ``RetrievalEvaluation`` callback runs for this stage; default:
+            the stage's own task, then (Stages I and II) the composed protocol, whose fixed-sum scores are the
+            zero-shot baseline.
+        preprocess: the evaluation preprocessing (``{"mode", "size", "target_pad_ratio"}``). Recorded from
+            the datamodule that trains the stage, so checkpoints carry it; leave it ``None``.
     """
 
-    training_data: str = ""
-    default_eval_kinds: tuple[str, ...] = ()
-    train_fusion: bool = False
+    training_sources: ClassVar[Mapping[str, Source]] = {}
+    default_eval_kinds: ClassVar[tuple[str, ...]] = ()
+    train_fusion: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -109,6 +151,7 @@ class CTIIRStage(L.LightningModule):
         init_from: str | None = None,
         grad_checkpointing: bool = False,
         eval_kinds: Sequence[str] | None = None,
+        preprocess: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "fusion"])
@@ -119,6 +162,7 @@ class CTIIRStage(L.LightningModule):
         scale = init_logit_scale if init_logit_scale is not None else getattr(self.backbone, "init_logit_scale", math.log(1 / 0.07))
         self.criterion = ContrastiveLoss(scale, learnable=learn_logit_scale)
         self.eval_kinds = tuple(eval_kinds) if eval_kinds is not None else self.default_eval_kinds
+        self.preprocessing = Preprocessing.from_dict(preprocess) if preprocess is not None else None
         # Checkpoints store what rebuilds the model, never the objects or a weight source to fetch again.
         self.hparams["backbone"] = self.backbone.checkpoint_spec()
         self.hparams["backbone_kwargs"] = None
@@ -130,6 +174,35 @@ class CTIIRStage(L.LightningModule):
             self.load_stage_weights(init_from)
             self.hparams["initialized_from"] = str(init_from)
             self.hparams["init_from"] = None
+
+    # ------------------------------------------------------------------ data and preprocessing
+    def data_request(self, inference: bool = False) -> DataRequest:
+        """What this stage needs from a datamodule: its training sources, its backbone's transforms and the
+        preprocessing its weights were trained with (used as is when ``inference``)."""
+        return DataRequest(self.training_sources, self.backbone, trained_with=self.preprocessing, inference=inference)
+
+    def setup(self, stage: str) -> None:
+        """Ask the attached ctiir datamodule for data, once, and record the preprocessing it uses."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        serve = getattr(datamodule, "serve", None)
+        if serve is None:
+            return  # plain dataloaders, or a datamodule of the user's own: nothing to ask
+        self.record_preprocessing(serve(self.data_request(inference=stage != "fit")))
+
+    def record_preprocessing(self, preprocessing: Preprocessing) -> None:
+        """Keep ``preprocessing`` as this model's evaluation preprocessing (saved with the checkpoint)."""
+        self.preprocessing = preprocessing
+        self.hparams["preprocess"] = preprocessing.to_dict()
+
+    @property
+    def eval_transform(self) -> Callable[[Any], torch.Tensor]:
+        """The evaluation transform of the recorded preprocessing (the backbone's own when none is recorded).
+
+        Every inference path without a datamodule (CIRR submission, index, search) uses it, so a model
+        trained with TargetPad is evaluated with TargetPad.
+        """
+        preprocessing = self.preprocessing or Preprocessing("backbone", self.backbone.image_size)
+        return build_transforms(self.backbone, preprocessing)[1]
 
     # ------------------------------------------------------------------ weights from an earlier stage
     def load_stage_weights(self, path: str | Path) -> None:
@@ -148,6 +221,9 @@ class CTIIRStage(L.LightningModule):
                 f"but this stage uses {architecture(ours)}"
             )
         state = ckpt["state_dict"]
+        recorded = (ckpt.get("hyper_parameters") or {}).get("preprocess")
+        if recorded is not None and self.preprocessing is None:
+            self.preprocessing = Preprocessing.from_dict(recorded, f"init_from: {path} hyper_parameters.preprocess")
         backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         if not backbone_state:
             raise ValueError(f"init_from: {path} holds no backbone weights")
@@ -182,29 +258,32 @@ class CTIIRStage(L.LightningModule):
         tokens = self.backbone.tokenize(list(texts)).to(self.device)
         return F.normalize(self.backbone.encode_text(tokens).float(), dim=-1)
 
-    def compose(self, images: torch.Tensor, texts: Sequence[str] | Sequence[Sequence[str]]) -> torch.Tensor:
-        """Fused query embeddings. A query with several texts (a list) averages its fused embeddings."""
+    def compose(self, images: torch.Tensor, texts: Sequence[str] | Sequence[Sequence[str]]) -> Fused:
+        """Fused queries. A query with several texts (a list) averages its fused embeddings and weights."""
         v = self.encode_images(images)
         if texts and not isinstance(texts[0], str):
             counts = {len(t) for t in texts}
             if len(counts) != 1:
                 raise ValueError(f"queries with several texts must all have the same number, got {sorted(counts)}")
-            variants, weights = [], []
-            for j in range(counts.pop()):
-                variants.append(self.fusion(v, self.encode_texts([t[j] for t in texts])))
-                weights.append(self.fusion.last_weights)
-            if all(w is not None for w in weights):
-                self.fusion.last_weights = torch.stack(weights).mean(0)
-            return F.normalize(torch.stack(variants).mean(0), dim=-1)
-        return self.fusion(v, self.encode_texts(texts))
+            variants = [self.fusion.fuse(v, self.encode_texts([t[j] for t in texts])) for j in range(counts.pop())]
+            query = F.normalize(torch.stack([f.query for f in variants]).mean(0), dim=-1)
+            weights = [f.weights for f in variants]
+            mean = torch.stack(weights).mean(0) if all(w is not None for w in weights) else None  # type: ignore[misc]
+            return Fused(query, mean)
+        return self.fusion.fuse(v, self.encode_texts(texts))
 
-    def encode_query(self, batch: dict[str, Any]) -> torch.Tensor:
+    def encode_query(self, batch: dict[str, Any]) -> Fused:
+        """Query embeddings (``Fused.query``, L2-normalised) with the fusion's modality weights, if any.
+
+        ``"image"`` and ``"text"``: a composed query through the fusion; one of them alone: an image-only or
+        text-only query (``weights`` is then ``None``).
+        """
         if "image" in batch and "text" in batch:
             return self.compose(batch["image"], batch["text"])
         if "text" in batch:
-            return self.encode_texts(batch["text"])
+            return Fused(self.encode_texts(batch["text"]), None)
         if "image" in batch:
-            return self.encode_images(batch["image"])
+            return Fused(self.encode_images(batch["image"]), None)
         raise KeyError(f"a query batch needs 'image' and/or 'text', got keys {sorted(batch)}")
 
     def encode_gallery(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -262,7 +341,7 @@ class CTIIRStage(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """Embeddings with their ids: gallery batches (``gallery_id``) or query batches (``query_id``)."""
         if "query_id" in batch:
-            return {"query_id": batch["query_id"], "target_id": batch["target_id"], "embedding": self.encode_query(batch)}
+            return {"query_id": batch["query_id"], "target_id": batch["target_id"], "embedding": self.encode_query(batch).query}
         return {"gallery_id": batch["gallery_id"], "embedding": self.encode_gallery(batch)}
 
     @staticmethod

@@ -17,7 +17,7 @@ from ctiir.stages.base import CTIIRStage, FusionArg
 class ComposedRetrieval(CTIIRStage):
     """Stage III. ``fusion`` swaps in one line: ``ComposedRetrieval(fusion="gated")``."""
 
-    training_data = "triplets"
+    training_sources = {"main": "triplets"}
     default_eval_kinds = ("composed",)
     train_fusion = True
 
@@ -28,7 +28,7 @@ class ComposedRetrieval(CTIIRStage):
         images = self.encode_images(torch.cat([batch["reference"], batch["target"]]))
         v, g = images.split(batch["reference"].shape[0])
         t = self.encode_texts(batch["text"])
-        q = self.fusion(v, t)
+        q, weights = self.fusion.fuse(v, t)
         retrieval = self.contrastive(q, g, batch["target_id"])
         parts = {"retrieval": retrieval}
         total = retrieval
@@ -36,7 +36,6 @@ class ComposedRetrieval(CTIIRStage):
         if fusion_loss is not None:
             parts["fusion"] = fusion_loss
             total = total + fusion_loss
-        weights = self.fusion.last_weights
         if weights is not None:
             parts["w_img"] = weights[:, 0].mean()
         return {"loss": total, **parts}

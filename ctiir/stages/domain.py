@@ -8,14 +8,17 @@ retrieval. Reconstructed (ours, configurable): two contrastive tasks, each switc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ctiir.datamodules.request import Source
 from ctiir.stages.base import CTIIRStage
 
-DOMAIN_TASKS = ("t2i", "i2i")
+# Each task and the datamodule source that trains it.
+TASK_SOURCES: dict[str, Source] = {"t2i": "descriptions", "i2i": "image_pairs"}
+DOMAIN_TASKS = tuple(TASK_SOURCES)
 
 
 class DomainPretraining(CTIIRStage):
@@ -25,8 +28,7 @@ class DomainPretraining(CTIIRStage):
     composed zero-shot baseline, so the pipeline shows what this stage adds.
     """
 
-    training_data = "domain"
-    default_eval_kinds = ("descriptions",)
+    default_eval_kinds = ("descriptions", "composed")
 
     def __init__(
         self,
@@ -44,6 +46,11 @@ class DomainPretraining(CTIIRStage):
         super().__init__(*args, **kwargs)
         self.domain_tasks = tuple(tasks)
         self.task_weights = {"t2i": t2i_weight, "i2i": i2i_weight}
+
+    @property
+    def training_sources(self) -> Mapping[str, Source]:  # type: ignore[override]
+        """One loader per enabled task, keyed by the task (``batch["t2i"]``, ``batch["i2i"]``)."""
+        return {task: TASK_SOURCES[task] for task in self.domain_tasks}
 
     def stage_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         parts: dict[str, torch.Tensor] = {}

@@ -1,0 +1,75 @@
+"""``ctiir check-data``: the command line over ``run_check``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from ctiir.checkdata.core import CHECKS, UsageError, run_check, write_atomic, write_filtered
+from ctiir.checkdata.report import print_report
+from ctiir.datamodules.errors import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctiir check-data",
+        description="Check a dataset's annotations and images; exit 1 if anything is wrong, 0 if clean.",
+    )
+    parser.add_argument("--dataset", required=True, choices=CHECKS.names())
+    parser.add_argument("--root", required=True, help="the dataset folder (images and, by default, the annotations)")
+    parser.add_argument("--annotations-root", default=None, help="read the annotation files from here instead")
+    parser.add_argument("--image-root", default=None, help="CIRR: what the split files' image paths start from")
+    parser.add_argument(
+        "--categories", "--subsets", dest="subsets", nargs="+", default=None, help="FashionIQ categories (default: all)"
+    )
+    parser.add_argument("--splits", nargs="+", default=None, help="default: every split of the dataset")
+    parser.add_argument(
+        "--write-filtered", metavar="OUT", default=None, help="write annotations without the bad entries"
+    )
+    parser.add_argument("--json", metavar="REPORT", default=None, help="also write the full report as JSON (a new file)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-decoding threads")
+    parser.add_argument("--max-rows", type=int, default=50, help="problems shown in the table (all go to --json)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def check_data_main(argv: list[str] | None = None) -> int:
+    """``ctiir check-data``: 0 when clean, 1 when problems were found, 2 on a usage error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    console, errors = Console(), Console(stderr=True)
+    try:
+        if args.json is not None and Path(args.json).exists():
+            raise UsageError(f"--json {args.json} already exists; refusing to overwrite it, choose another path")
+        report, checker, bad = run_check(
+            args.dataset,
+            args.root,
+            args.annotations_root,
+            args.splits,
+            args.subsets,
+            args.workers,
+            not args.no_progress,
+            image_root=args.image_root,
+        )
+        if args.write_filtered is not None:
+            files, not_written = checker.filtered_files(bad)
+            written = write_filtered(args.write_filtered, files, [Path(args.root), checker.annotations_root])
+            report.filtered = {"written": [str(p) for p in written], "not_written": not_written}
+    except (DataError, UsageError) as err:
+        errors.print(f"[red]ctiir check-data:[/red] {err}", highlight=False)
+        return 2
+    print_report(report, console, args.max_rows)
+    if report.filtered:
+        console.print(f"filtered copy: {len(report.filtered['written'])} files written under {args.write_filtered}")
+        for line in report.filtered["not_written"]:
+            console.print(f"  not written: {line}")
+        console.print(f"use it with: {checker.usage_hint(Path(args.write_filtered))}")
+    if args.json is not None:
+        write_atomic(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.ok else 1
