@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/ctiir progressive --config examples/configs/synthetic.yaml --run_dir $(RUN_DIR)
+	$(VENV)/bin/ctiir progressive --config synthetic --run_dir $(RUN_DIR)
 
 test: install
 	$(PY) -m pytest -q

@@ -1,6 +1,6 @@
 """The paper's ablation on the embedded benchmark: which stages, and which fusion, matter.
 
-    python examples/ablation.py --config examples/configs/synthetic.yaml --run_dir runs/ablation
+    python examples/ablation.py --config ctiir/configs/synthetic.yaml --run_dir runs/ablation
 
 Every variant uses the same seed and the same per-stage budget as the config. Stage checkpoints are
 shared where variants share a prefix (I, then II after I), so the whole table costs 3 Stage I/II runs and

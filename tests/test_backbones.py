@@ -288,6 +288,97 @@ def test_bad_preprocess_cfg():
     assert torch.allclose(cropped[:, :, :12].mean(), cropped[:, :, 20:].mean(), atol=0.05)
 
 
+# ---------------------------------------------------------------------------------------------- hf-hub:
+HUB_ID = "ctiir-test/tiny-clip"
+HUB_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+
+
+def _hub_cache(cache: Path, repo_id: str = HUB_ID) -> tuple[object, Path]:
+    """A tiny open_clip model in the Hugging Face hub cache layout, as a download would leave it.
+
+    Its text context (24) differs from ctiir-tiny's, so that its tokenizer and architecture can only come
+    from the repository's ``open_clip_config.json``.
+    """
+    model_cfg = json.loads(json.dumps(open_clip.get_model_config(TINY_CONFIG)))
+    model_cfg["text_cfg"]["context_length"] = 24
+    torch.manual_seed(3)
+    source = build_backbone("openclip", model_cfg=model_cfg)
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "0a1b2c3d"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0a1b2c3d")
+    content = {"model_cfg": model_cfg, "preprocess_cfg": HUB_PREPROCESS}
+    (snapshot / "open_clip_config.json").write_text(json.dumps(content))
+    save_file(source.model.state_dict(), snapshot / "open_clip_model.safetensors")
+    return source, snapshot
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("openclip", {"pretrained": f"hf-hub:{HUB_ID}"}), (f"openclip:hf-hub:{HUB_ID}", {})],
+    ids=["pretrained", "config"],
+)
+def test_hf_hub_model_loads_weights_preprocessing_and_tokenizer_from_the_cache(monkeypatch, tmp_path, name, kwargs):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    source, _ = _hub_cache(cache)
+    loaded = build_backbone(name, cache_dir=str(cache), **kwargs)
+
+    assert loaded.spec["config"] == f"hf-hub:{HUB_ID}" and loaded.spec["pretrained"] == f"hf-hub:{HUB_ID}"
+    assert loaded.spec["model_cfg"] == source.spec["model_cfg"]
+    assert loaded.tokenize(SENTENCES).shape == (len(SENTENCES), 24), "the repository's context length"
+    assert loaded.spec["preprocess_cfg"]["interpolation"] == "bilinear"
+    grey = loaded.eval_transform(Image.new("RGB", (70, 90), (128, 128, 128)))
+    assert grey.abs().max() < 0.02, "the repository's mean/std: (0.5 - 0.5) / 0.25 = 0"
+    images = torch.stack([loaded.eval_transform(img) for img in _images()])
+    assert torch.equal(_outputs(source, images)[0], _outputs(loaded, images)[0]), "the repository's weights"
+    assert torch.equal(_outputs(source)[1], _outputs(loaded)[1])
+    assert not torch.equal(_outputs(build_backbone("openclip", model_cfg=source.spec["model_cfg"]), images)[0],
+                           _outputs(loaded, images)[0]), "a random model would differ"
+
+    # The checkpoint keeps the id and the architecture and rebuilds with the hub cache gone.
+    spec = json.loads(json.dumps(loaded.checkpoint_spec()))
+    assert spec["config"] == f"hf-hub:{HUB_ID}" and spec["pretrained"] is None
+    shutil.rmtree(cache)
+    rebuilt = build_backbone(**spec)
+    rebuilt.load_state_dict(loaded.state_dict(), strict=True)
+    _assert_same_outputs(loaded, rebuilt)
+
+
+def test_hf_hub_architecture_must_match_a_named_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub_cache(tmp_path)
+    with pytest.raises(ValueError, match="another architecture"):
+        build_backbone(f"openclip:{TINY_CONFIG}", pretrained=f"hf-hub:{HUB_ID}", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="different hub models"):
+        build_backbone(f"openclip:hf-hub:{HUB_ID}", pretrained="hf-hub:other/model", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="hf-hub:<org>/<name>"):
+        build_backbone("openclip", pretrained="hf-hub:no-slash")
+
+
+@pytest.mark.parametrize("name", ["openclip", f"openclip:hf-hub:{HUB_ID}"])
+def test_hf_hub_offline_and_not_cached_names_the_id(monkeypatch, tmp_path, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    kwargs = {"pretrained": f"hf-hub:{HUB_ID}"} if name == "openclip" else {}
+    with pytest.raises(HubOfflineError, match=f"hf-hub:{HUB_ID}") as info:
+        build_backbone(name, cache_dir=str(tmp_path / "empty"), **kwargs)
+    assert "HF_HUB_OFFLINE" in str(info.value)
+    # Config cached but not the weights: the error says which file is missing.
+    _, snapshot = _hub_cache(tmp_path / "partial")
+    (snapshot / "open_clip_model.safetensors").unlink()
+    with pytest.raises(HubOfflineError, match="weights .*open_clip_model.safetensors"):
+        build_backbone(name, cache_dir=str(tmp_path / "partial"), **kwargs)
+
+
+def test_building_says_nothing_about_random_initialisation(caplog):
+    """open_clip's "Model initialized randomly" warning came for every checkpoint rebuild; ctiir says what happens."""
+    with caplog.at_level("DEBUG", logger="ctiir.backbones.openclip"):  # open_clip's warning: WARNING on the root
+        build_backbone("tiny")
+    assert not any("initialized randomly" in r.getMessage() for r in caplog.records)
+    assert any("weights come from a checkpoint or training" in r.getMessage() for r in caplog.records if r.name.startswith("ctiir"))
+
+
 # ---------------------------------------------------------------------------------------------- offline hub
 def test_hub_sources_offline_fail_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -301,22 +392,30 @@ def test_hub_sources_offline_fail_clearly(monkeypatch, tmp_path):
     assert "HF_HUB_OFFLINE" in str(info.value)
 
 
-def test_hub_sources_offline_do_not_hang(tmp_path):
-    """A fresh process with an empty hub cache: both errors come back, bounded by the timeout."""
+def test_hub_sources_offline_in_a_fresh_process(tmp_path):
+    """A fresh process, offline: uncached sources fail (bounded by the timeout, no hang), and an ``hf-hub:``
+    model is found through ``HF_HUB_CACHE`` alone, with its weights."""
+    source, snapshot = _hub_cache(tmp_path / "hub-cache", "ctiir-test/cached-clip")
     script = textwrap.dedent(
-        """
+        f"""
         import json
+        from safetensors.torch import load_file
         from ctiir.backbones import build_backbone
         from ctiir.backbones.openclip import HubOfflineError
-        out = {}
+        out = {{}}
         for label, kwargs in [
-            ("tag", {"name": "openclip:ViT-B-32", "pretrained": "laion2b_s34b_b79k"}),
-            ("hub-id", {"name": "hf-clip", "model": "openai/clip-vit-base-patch32"}),
+            ("tag", {{"name": "openclip:ViT-B-32", "pretrained": "laion2b_s34b_b79k"}}),
+            ("hub-id", {{"name": "hf-clip", "model": "openai/clip-vit-base-patch32"}}),
+            ("open_clip-hub", {{"name": "openclip", "pretrained": "hf-hub:ctiir-test/uncached"}}),
         ]:
             try:
                 build_backbone(**kwargs)
             except HubOfflineError as err:
                 out[label] = str(err)
+        cached = build_backbone("openclip:hf-hub:ctiir-test/cached-clip")
+        saved = load_file({str(snapshot / "open_clip_model.safetensors")!r})
+        state = cached.model.state_dict()
+        out["cached"] = all(bool((state[k] == v).all()) for k, v in saved.items()) and len(saved) == len(state)
         print(json.dumps(out))
         """
     )
@@ -325,6 +424,7 @@ def test_hub_sources_offline_do_not_hang(tmp_path):
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_CACHE=str(tmp_path / "hub-cache"),
         XDG_CACHE_HOME=str(tmp_path / "cache"),
         PYTHONPATH=str(REPO),
         OMP_NUM_THREADS="1",
@@ -336,6 +436,8 @@ def test_hub_sources_offline_do_not_hang(tmp_path):
     errors = json.loads(result.stdout.strip().splitlines()[-1])
     assert "laion2b_s34b_b79k" in errors["tag"] and "HF_HUB_OFFLINE" in errors["tag"]
     assert "openai/clip-vit-base-patch32" in errors["hub-id"] and "HF_HUB_OFFLINE" in errors["hub-id"]
+    assert "hf-hub:ctiir-test/uncached" in errors["open_clip-hub"] and "HF_HUB_OFFLINE" in errors["open_clip-hub"]
+    assert errors["cached"] is True, "the hf-hub: model did not get the weights in HF_HUB_CACHE"
 
 
 # ---------------------------------------------------------------------------------------------- hf-clip

@@ -1,4 +1,5 @@
-"""The built wheel carries the package data and its console script works outside the checkout."""
+"""The built wheel carries the package data (the tiny backbone's config, the example configs, the license) and its
+console script works outside the checkout, named configs included."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     (wheel,) = dist.glob("ctiir-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "ctiir/backbones/configs/ctiir-tiny.json" in names, names
+    configs = sorted(p.name for p in (ROOT / "ctiir" / "configs").glob("*.yaml"))
+    assert len(configs) >= 7 and all(f"ctiir/configs/{name}" in names for name in configs), names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names), names
     assert not any(n.startswith(("tests/", "examples/")) for n in names)
 
     env_dir = tmp_path / "venv"
@@ -53,3 +58,17 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     )
     assert where.returncode == 0, where.stderr
     assert str(env_dir) in where.stdout, f"ctiir was imported from {where.stdout!r}, not from the installed wheel"
+
+    # A config named, not pathed, from a folder without one: found inside the installed package.
+    ctiir = str(env_dir / "bin" / "ctiir")
+    printed = subprocess.run([ctiir, "config", "stage3"], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == (ROOT / "ctiir" / "configs" / "stage3.yaml").read_text()
+    fit = subprocess.run(
+        [ctiir, "fit", "-c", "stage3", "--data.root", str(outside / "data"), "--print_config"],
+        cwd=outside, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    config = yaml.safe_load(fit.stdout)
+    assert config["model"]["class_path"] == "ctiir.stages.ComposedRetrieval"
+    assert config["trainer"]["max_epochs"] == 6, "the packaged stage3 config's value"

@@ -1,19 +1,21 @@
-"""open_clip backbones: any open_clip architecture (``openclip:<config>``) and ctiir's tiny offline model.
+"""open_clip backbones: any open_clip architecture (``openclip:<config>``), hub models (``hf-hub:``) and ctiir's tiny
+offline model.
 
-Every build goes through one path: resolve the architecture (``model_cfg``), the preprocessing and a weights
-file, then let ``open_clip.create_model`` build and load them from a ``local-dir:`` folder. Built-in names,
-explicit config dicts (a checkpoint's spec) and user folders are therefore all loaded by open_clip's own
-code (state-dict conversion, strict loading), and the spec can always store the resolved ``model_cfg`` and
-``preprocess_cfg`` so that a checkpoint rebuilds without the original folder, tag or a newer open_clip.
+Every build resolves three things, then hands them to open_clip's own code: the architecture (``model_cfg``),
+the preprocessing and a weights file. The model is open_clip's ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` built
+from the explicit config dict, and the weights go through ``open_clip.load_checkpoint`` (state-dict
+conversion, position-embedding resizing, strict loading), as ``open_clip.create_model`` does; a user's
+``local-dir:`` folder goes through ``create_model`` itself. The spec always stores the resolved ``model_cfg``
+and ``preprocess_cfg``, so a checkpoint rebuilds without the original folder, tag, hub or a newer open_clip.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -24,7 +26,8 @@ import open_clip
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.pretrained import download_pretrained_from_hf
 from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
@@ -190,42 +193,98 @@ def _weights_file(path: str) -> str:
     return str(resolved.resolve())
 
 
+def _read_open_clip_config(config_file: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model_cfg, preprocess_cfg) of an ``open_clip_config.json``, a local folder's or a hub repository's."""
+    try:
+        content = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: {config_file} is not valid JSON: {err}") from err
+    if not isinstance(content, dict) or "model_cfg" not in content:
+        raise ValueError(f"{where}: {config_file} has no 'model_cfg' key")
+    model_cfg = _check_model_cfg(content["model_cfg"], f"{where}: {config_file}")
+    return model_cfg, dict(content.get("preprocess_cfg") or {})
+
+
 def _read_local_dir(path: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """(folder, model_cfg, preprocess_cfg) of an open_clip hub-layout folder, with weights checked present."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"pretrained {LOCAL_DIR_PREFIX}{path}: directory {folder} not found")
-    config_file = folder / "open_clip_config.json"
+    config_file = folder / HF_CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"pretrained {LOCAL_DIR_PREFIX}{path}: {config_file} not found")
-    try:
-        content = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
-    if not isinstance(content, dict) or "model_cfg" not in content:
-        raise ValueError(f"{config_file} has no 'model_cfg' key")
-    model_cfg = _check_model_cfg(content["model_cfg"], str(config_file))
+    model_cfg, preprocess_cfg = _read_open_clip_config(config_file, f"pretrained {LOCAL_DIR_PREFIX}{path}")
     if not any(p.suffix in (".safetensors", ".bin", ".pth") for p in folder.iterdir()):
         raise FileNotFoundError(
             f"pretrained {LOCAL_DIR_PREFIX}{path}: no weights file (*.safetensors, *.bin, *.pth) in {folder}"
         )
-    return folder, model_cfg, dict(content.get("preprocess_cfg") or {})
+    return folder, model_cfg, preprocess_cfg
+
+
+# ---------------------------------------------------------------------------------------------- hf-hub:
+def hub_model_id(value: str) -> str:
+    """``"hf-hub:org/name"`` -> ``"org/name"``, or an error naming the value."""
+    repo_id = value[len(HF_HUB_PREFIX):].strip().strip("/")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"{value!r}: expected {HF_HUB_PREFIX}<org>/<name>, e.g. {HF_HUB_PREFIX}Marqo/marqo-fashionCLIP")
+    return repo_id
+
+
+def _hub_file(repo_id: str, filename: str | None, what: str, cache_dir: str | None) -> str:
+    """A file of an open_clip hub repository, found as open_clip finds it (``filename=None``: the weights,
+    ``open_clip_model.safetensors`` before ``open_clip_pytorch_model.bin``).
+
+    Offline, only the local hub cache (``cache_dir``, else ``HF_HUB_CACHE``) is looked at, with no network
+    call; a miss is an error naming the repository and ``HF_HUB_OFFLINE``.
+    """
+    names = _hub_candidates(f"{repo_id}/{filename or ''}")[1]
+    if hub_is_offline():
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return found
+        cache = cache_dir or hf_constants.HF_HUB_CACHE
+        raise HubOfflineError(
+            f"open_clip model {HF_HUB_PREFIX}{repo_id}: its {what} ({' or '.join(names)}) is not in the local hub "
+            f"cache ({cache}) and HF_HUB_OFFLINE is set, so it cannot be downloaded; fetch the repository once with "
+            f"network access, or pass '{LOCAL_DIR_PREFIX}/path' to a copy of it"
+        )
+    try:
+        return download_pretrained_from_hf(repo_id, filename=filename, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001  hub / network / auth raise many types: one error naming repo and file
+        raise RuntimeError(
+            f"could not download the {what} of open_clip model {HF_HUB_PREFIX}{repo_id} ({' or '.join(names)}): {err}"
+        ) from err
+
+
+def _resolve_hub_model(repo_id: str, cache_dir: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model_cfg, preprocess_cfg) from the repository's ``open_clip_config.json``."""
+    config_file = _hub_file(repo_id, HF_CONFIG_NAME, "config", cache_dir)
+    return _read_open_clip_config(Path(config_file), f"{HF_HUB_PREFIX}{repo_id}")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def _make_tokenizer(config: str | None, model_cfg: dict[str, Any], local_dir: Path | None) -> Any:
-    """open_clip's tokenizer for this architecture, at its context length."""
+def _make_tokenizer(
+    config: str | None, model_cfg: dict[str, Any], local_dir: Path | None, cache_dir: str | None = None
+) -> Any:
+    """open_clip's tokenizer for this architecture, at its context length.
+
+    For ``hf-hub:`` models (and specs rebuilt without their folder) this is what ``open_clip.get_tokenizer``
+    does with the repository's config, read from ``model_cfg`` rather than fetched again.
+    """
     text_cfg = model_cfg["text_cfg"]
     context_length = int(text_cfg.get("context_length", 77))
     if local_dir is not None:
         return open_clip.get_tokenizer(f"{LOCAL_DIR_PREFIX}{local_dir}", context_length=context_length)
-    if config is not None and open_clip.get_model_config(config) is not None:
+    builtin = config is not None and not config.startswith(HF_HUB_PREFIX)
+    if builtin and open_clip.get_model_config(config) is not None:
         return open_clip.get_tokenizer(config, context_length=context_length)
     if text_cfg.get("hf_tokenizer_name"):
-        # A spec rebuilt without its folder: the tokenizer named by the architecture itself.
+        # The tokenizer named by the architecture itself (a hub model, or a spec rebuilt without its folder).
         return HFTokenizer(
             text_cfg["hf_tokenizer_name"],
             context_length=context_length,
+            cache_dir=cache_dir,
             tokenizer_mode=text_cfg.get("tokenizer_mode"),
             **(text_cfg.get("tokenizer_kwargs") or {}),
         )
@@ -284,26 +343,60 @@ class OpenCLIPBackbone(Backbone):
 
 
 def _create_model(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], weights: str | None) -> torch.nn.Module:
-    """Let open_clip build (and load) the model from a throw-away ``local-dir:`` folder.
+    """Build an explicit architecture with open_clip's own classes and loader.
 
-    ``create_model`` takes an architecture only by name or by folder; a folder with the config and a link
-    to the weights gives it an explicit dict without touching its global config registry.
+    This is ``open_clip.create_model``'s path for a resolved config: the class is chosen as it chooses it,
+    tower weights (timm / transformers) are never fetched (``pretrained_image=False, pretrained_text=False``),
+    and a weights file goes through ``open_clip.load_checkpoint`` (strict). Unlike ``create_model`` it needs no
+    registered name or folder, so open_clip's global config registry stays untouched.
     """
-    with tempfile.TemporaryDirectory(prefix="ctiir-openclip-") as tmp:
-        folder = Path(tmp)
-        content = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-        (folder / "open_clip_config.json").write_text(json.dumps(content), encoding="utf-8")
-        if weights is not None:
-            name = HF_SAFE_WEIGHTS_NAME if weights.endswith(".safetensors") else HF_WEIGHTS_NAME
-            os.symlink(weights, folder / name)
+    cfg = copy.deepcopy(model_cfg)
+    if "timm_model_name" in cfg["vision_cfg"]:
+        cfg["vision_cfg"]["timm_model_pretrained"] = False
+    hf_text = "hf_model_name" in cfg["text_cfg"]
+    if hf_text:
+        cfg["text_cfg"]["hf_model_pretrained"] = False
+    if cfg.pop("custom_text", False) or hf_text:
+        model_class = open_clip.CoCa if "multimodal_cfg" in cfg else open_clip.CustomTextCLIP
+    else:
+        model_class = open_clip.CLIP
+    model = model_class(**cfg)
+    if weights is not None:
         try:
-            return open_clip.create_model(
-                f"{LOCAL_DIR_PREFIX}{folder}", pretrained_image=False, pretrained_text=False
-            )
+            open_clip.load_checkpoint(model, weights, strict=True)
         except Exception as err:  # noqa: BLE001  torch.load / safetensors / strict loading: one clear error
-            if weights is None:
-                raise
             raise RuntimeError(f"could not load open_clip weights {weights}: {err}") from err
+    open_clip.set_model_preprocess_cfg(model, {**preprocess_cfg, "size": model.visual.image_size})
+    return model
+
+
+def _hub_source(config: str | None, pretrained: str | None, model_cfg: dict[str, Any] | None) -> str | None:
+    """The hub repository to fetch from, or None.
+
+    ``pretrained="hf-hub:ID"`` always fetches (config, preprocessing and weights). ``config="hf-hub:ID"``
+    fetches only without ``model_cfg``: with it (what a checkpoint's spec holds) the architecture is given
+    and the weights come from the checkpoint, so a rebuild never needs the hub.
+    """
+    config_id = hub_model_id(config) if config is not None and config.startswith(HF_HUB_PREFIX) else None
+    if pretrained is not None and pretrained.startswith(HF_HUB_PREFIX):
+        pretrained_id = hub_model_id(pretrained)
+        if config_id is not None and config_id != pretrained_id:
+            raise ValueError(f"config {config!r} and pretrained {pretrained!r} name different hub models; give one")
+        return pretrained_id
+    if config_id is not None and pretrained is not None and pretrained.startswith(LOCAL_DIR_PREFIX):
+        raise ValueError(f"config {config!r} and pretrained {pretrained!r} both bring an architecture; give one")
+    return config_id if model_cfg is None else None
+
+
+def _same_architecture(name: str, source: str, found: dict[str, Any], config: str | None, model_cfg: dict | None) -> None:
+    """A folder's or repository's architecture must be the one the caller named, if any."""
+    if model_cfg is not None and model_cfg != found:
+        raise ValueError(f"backbone {name!r}: model_cfg differs from the one in {source}")
+    if model_cfg is None and config is not None and not config.startswith(HF_HUB_PREFIX) and _builtin_cfg(config) != found:
+        raise ValueError(
+            f"backbone {name!r}: {source} holds another architecture than open_clip config {config!r}; "
+            f"leave config out to use its own"
+        )
 
 
 def build_openclip_backbone(
@@ -322,28 +415,31 @@ def build_openclip_backbone(
     weights: str | None = None
     local_dir: Path | None = None
     overlay: dict[str, Any] = {}
+    hub_id = _hub_source(config, pretrained, model_cfg)
 
     if pretrained is not None and pretrained.startswith(LOCAL_DIR_PREFIX):
         local_dir, dir_cfg, overlay = _read_local_dir(pretrained[len(LOCAL_DIR_PREFIX):])
         pretrained = f"{LOCAL_DIR_PREFIX}{local_dir.resolve()}"  # the spec records where, whatever the cwd
-        if model_cfg is not None and model_cfg != dir_cfg:
-            raise ValueError(f"backbone {name!r}: model_cfg differs from the one in {local_dir}/open_clip_config.json")
-        if model_cfg is None and config is not None and _builtin_cfg(config) != dir_cfg:
-            raise ValueError(
-                f"backbone {name!r}: {local_dir}/open_clip_config.json holds another architecture than "
-                f"open_clip config {config!r}; leave config out to use the folder's"
-            )
+        _same_architecture(name, f"{local_dir}/{HF_CONFIG_NAME}", dir_cfg, config, model_cfg)
         model_cfg = dir_cfg
+    elif hub_id is not None:
+        # As open_clip.create_model("hf-hub:ID"): the repository's architecture, preprocessing and weights.
+        hub_cfg, overlay = _resolve_hub_model(hub_id, cache_dir)
+        _same_architecture(name, f"{HF_HUB_PREFIX}{hub_id}", hub_cfg, config, model_cfg)
+        model_cfg = hub_cfg
+        config = f"{HF_HUB_PREFIX}{hub_id}"  # the spec records the id, whichever argument named it
+        if pretrained is None or pretrained.startswith(HF_HUB_PREFIX):
+            weights = _hub_file(hub_id, None, "weights", cache_dir)
+            pretrained = config
+        elif Path(pretrained).expanduser().is_file() or _looks_like_path(pretrained):
+            weights = pretrained = _weights_file(pretrained)  # the hub's architecture with the user's weights
+        else:
+            raise ValueError(f"pretrained {pretrained!r}: open_clip tags belong to built-in configs, not to {config!r}")
     else:
         if model_cfg is None:
             if config is None:
                 raise ValueError(f"backbone {name!r} needs config= (an open_clip model name) or model_cfg=")
             model_cfg = _builtin_cfg(config)
-        if pretrained is not None and pretrained.startswith(HF_HUB_PREFIX):
-            raise ValueError(
-                f"pretrained {pretrained!r}: hf-hub: sources are not supported; download the repository and "
-                f"pass '{LOCAL_DIR_PREFIX}/path/to/it'"
-            )
         if pretrained is not None:
             if Path(pretrained).expanduser().is_file() or _looks_like_path(pretrained):
                 weights = pretrained = _weights_file(pretrained)
@@ -366,6 +462,13 @@ def build_openclip_backbone(
             open_clip.set_model_preprocess_cfg(model, {**resolved_pp, "size": model.visual.image_size})
     else:
         model = _create_model(model_cfg, _jsonable(resolved_pp), weights)
+    # Said here because open_clip says nothing on this path (and says "initialized randomly" on others even
+    # when a stage checkpoint is about to be loaded over the model).
+    log.debug(
+        "open_clip backbone %s: %s",
+        config or name,
+        f"weights from {pretrained}" if pretrained else "architecture only; the weights come from a checkpoint or training",
+    )
     final_pp = _jsonable(open_clip.get_model_preprocess_cfg(model))
     if preprocess_cfg is not None and "size" in preprocess_cfg:
         asked, actual = _square_size(_jsonable(preprocess_cfg["size"]), name), _square_size(final_pp["size"], name)
@@ -373,7 +476,7 @@ def build_openclip_backbone(
             raise ValueError(
                 f"backbone {name!r}: preprocess_cfg size {asked} differs from the model's input size {actual}"
             )
-    tokenizer = _make_tokenizer(config, model_cfg, local_dir)
+    tokenizer = _make_tokenizer(config, model_cfg, local_dir, cache_dir)
 
     spec: dict[str, Any] = {"name": name}
     if name != "tiny":
@@ -394,13 +497,17 @@ def openclip_backbone(
     """Any open_clip architecture: ``build_backbone("openclip:ViT-B-32", pretrained="openai")``.
 
     Args:
-        config: an open_clip model name (``open_clip.list_models()``), including ``ctiir-tiny``.
-        pretrained: ``None`` (random init), an open_clip tag (``"openai"``, ``"laion2b_s34b_b79k"``), a
-            weights file (.pt/.pth/.bin/.safetensors) or ``"local-dir:/path"`` (a folder in open_clip's hub
-            layout, whose ``open_clip_config.json`` then gives the architecture).
-        model_cfg: an explicit open_clip architecture dict; overrides ``config`` (checkpoints store it).
+        config: an open_clip model name (``open_clip.list_models()``), including ``ctiir-tiny``, or
+            ``"hf-hub:org/name"`` (``openclip:hf-hub:Marqo/marqo-fashionCLIP``): that repository's architecture,
+            preprocessing, tokenizer and weights, as ``open_clip.create_model`` loads them.
+        pretrained: ``None`` (random init, or the repository's weights for an ``hf-hub:`` config), an
+            open_clip tag (``"openai"``, ``"laion2b_s34b_b79k"``), a weights file
+            (.pt/.pth/.bin/.safetensors), ``"hf-hub:org/name"`` (as the config form) or ``"local-dir:/path"``
+            (a folder in open_clip's hub layout, whose ``open_clip_config.json`` then gives the architecture).
+        model_cfg: an explicit open_clip architecture dict; overrides ``config`` (checkpoints store it, with
+            the ``hf-hub:`` id as ``config``, and rebuild from it without the hub).
         preprocess_cfg: overrides of open_clip's ``PreprocessCfg`` (mean, std, interpolation, resize_mode...).
-        cache_dir: where tags are downloaded / looked up.
+        cache_dir: where tags and hub files are downloaded / looked up (default: the hub cache, ``HF_HUB_CACHE``).
     """
     return build_openclip_backbone(
         "openclip",
