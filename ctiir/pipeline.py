@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,16 +223,17 @@ def print_summary(results: dict[str, Any]) -> None:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ctiir progressive", description=__doc__, default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (see examples/configs/synthetic.yaml)")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config: a file, or a packaged config by name (`ctiir config` lists them)")
     parser.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
     parser.add_argument("--skip", type=list[str], default=[], help="stages to skip, e.g. --skip=[I,II]")
     return parser
 
 
 def progressive_main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ctiir.configs import resolve_config_args
+
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(resolve_config_args(sys.argv[1:] if argv is None else argv))
     skip = tuple(ns.pop("skip"))
     ns.pop("config", None)
     cfg = PipelineConfig(**{k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__})
