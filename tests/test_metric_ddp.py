@@ -102,3 +102,62 @@ def test_two_process_recall_equals_single_process(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not in the gallery"):
         feed(alone, p, outputs[0]["query_rows"], list(range(0, 15)), batch=4)
         alone.compute()
+
+
+def rounded_again(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` as another batch shape could round it: a few float32 ulps apart, not bit-identical."""
+    return x * (1 + 1e-6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+def noisy_worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
+    )
+    try:
+        p = problem()
+        ids = p["gallery_ids"]
+        query_rows = list(DistributedSampler(range(NUM_QUERIES), num_replicas=WORLD, rank=rank, shuffle=False))
+        padded = query_rows[-1] if rank == WORLD - 1 else None  # the sampler's repeat ends the last rank's shard
+        gallery_rows = list(range(0, 15)) if rank == 0 else [*range(15, GALLERY_SIZE), 0, 7]
+        # the padding repeat and the overlapping gallery items are encoded again on this rank, in another
+        # batch: equal up to rounding, not bit for bit, as in a real DDP evaluation
+        queries = p["queries"].clone()
+        gallery = p["gallery"].clone()
+        if padded is not None:
+            queries[padded] = rounded_again(queries[padded], seed=1)
+            gallery[[0, 7]] = rounded_again(gallery[[0, 7]], seed=2)
+        metric = RecallAtK(**OPTIONS)
+        feed(metric, dict(p, queries=queries, gallery=gallery), query_rows, gallery_rows, batch=5)
+        result = {k: float(v) for k, v in metric.compute().items()}
+        changed = padded is not None and not torch.equal(queries[padded], p["queries"][padded])
+
+        # a gallery id that comes back with another item's embedding is an error on every rank
+        clash = RecallAtK(**OPTIONS)
+        feed(clash, p, query_rows, gallery_rows, batch=5)
+        if rank == 1:
+            clash.update_gallery(p["gallery"][6:7], ids[5:6])
+        try:
+            clash.compute()
+            error = ""
+        except ValueError as err:
+            error = str(err)
+        torch.save({"result": result, "changed": changed, "error": error}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_padding_repeats_equal_up_to_rounding_are_dropped_and_a_clash_is_an_error(tmp_path: Path) -> None:
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    mp.spawn(noisy_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    outputs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    p = problem()
+    single = RecallAtK(**OPTIONS)
+    feed(single, p, list(range(NUM_QUERIES)), list(range(GALLERY_SIZE)), batch=NUM_QUERIES)
+    expected = {k: float(v) for k, v in single.compute().items()}
+    assert outputs[WORLD - 1]["changed"], "the padding repeat really differed from the original in its last bits"
+    for out in outputs:
+        assert out["result"] == pytest.approx(expected, abs=1e-4)  # dropped silently: the single-process result
+        assert f"gallery id {int(p['gallery_ids'][5])} was added twice with different embeddings" in out["error"]

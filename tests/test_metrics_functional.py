@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchmetrics.retrieval import RetrievalRecall
 
+from ctiir.metrics import functional
 from ctiir.metrics.functional import recall_at_k, retrieval_ranks, subset_ranks
 
 
@@ -309,3 +310,37 @@ def test_subset_errors_name_the_query() -> None:
         subset_ranks(queries, gallery, target, torch.tensor([[0, 2, -1], [1, 2, 9]]))
     with pytest.raises(ValueError, match=r"member_index must have shape \(2, M\)"):
         subset_ranks(queries, gallery, target, torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------------------------------------- gallery tiles
+@pytest.mark.parametrize("kind", ["quantised", "normal"])
+@pytest.mark.parametrize("chunk_size", [1, 6, 1024])
+def test_ranks_match_full_sort_across_gallery_tiles(monkeypatch: pytest.MonkeyPatch, kind: str, chunk_size: int) -> None:
+    # Tiles of 7 items: targets, their copies and excluded items fall in different tiles from each other.
+    monkeypatch.setattr(functional, "_GALLERY_TILE", 7)
+    queries, gallery, target = make_data(kind, num_queries=40, size=60, seed=14, duplicates=20)
+    exclude = random_exclude(target, gallery.shape[0], seed=15)
+    for ex in (None, exclude):
+        ranks = retrieval_ranks(queries, gallery, target, ex, chunk_size=chunk_size)
+        assert torch.equal(ranks, brute_force_ranks(queries, gallery, target, ex))
+    # the case is not trivial: some target has a copy in another tile, so its tie crosses tiles
+    copies = (gallery[None] == gallery[target][:, None]).all(-1)
+    tiles = torch.arange(gallery.shape[0]) // 7
+    assert ((copies.sum(1) > 1) & (copies & (tiles[None] != tiles[target][:, None])).any(1)).any()
+
+
+def test_non_finite_rows_are_named_in_any_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(functional, "_GALLERY_TILE", 7)
+    queries, gallery, target = make_data("normal", 5, 30, seed=16)
+    bad = gallery.clone()
+    bad[20, 3] = float("nan")
+    with pytest.raises(ValueError, match="gallery row 20 holds NaN or infinite values"):
+        retrieval_ranks(queries, bad, target)
+    bad = queries.clone()
+    bad[4, 0] = float("inf")
+    with pytest.raises(ValueError, match="queries row 4 holds NaN or infinite values"):
+        retrieval_ranks(bad, gallery, target)
+    # huge but finite values overflow a row sum, which only screens: they are not refused
+    huge = gallery.clone()
+    huge[11] = 3e38
+    assert retrieval_ranks(queries, huge, target).shape == (5,)

@@ -199,3 +199,57 @@ def test_update_errors() -> None:
     feed(no_members, p, range(5), range(25), batch=5, members=False)
     with pytest.raises(ValueError, match="needs member_ids"):
         no_members.compute()
+
+
+# ---------------------------------------------------------------------------------------------- repeated ids
+def test_a_repeated_id_with_another_embedding_is_an_error() -> None:
+    p = make_problem(seed=9)
+    qid0, gid3 = int(p["query_ids"][0]), int(p["gallery_ids"][3])
+
+    metric = RecallAtK(ks=(1,))
+    feed(metric, p, range(5), range(25), batch=5, members=False)
+    # query 0's id, target and reference, but query 1's embedding
+    metric.update(p["queries"][1:2], p["query_ids"][:1], ids_of(p, p["target_pos"][:1]), ids_of(p, p["ref_pos"][:1]))
+    with pytest.raises(ValueError, match=f"query id {qid0} was added twice with different embeddings"):
+        metric.compute()
+
+    metric = RecallAtK(ks=(1,))
+    feed(metric, p, range(5), range(25), batch=5, members=False)
+    metric.update_gallery(p["gallery"][4:5], p["gallery_ids"][3:4])  # gallery item 3's id, item 4's embedding
+    with pytest.raises(ValueError, match=f"gallery id {gid3} was added twice with different embeddings"):
+        metric.compute()
+
+    metric = RecallAtK(ks=(1,))
+    feed(metric, p, range(5), range(25), batch=5, members=False)
+    metric.update_gallery(torch.full((1, 6), float("nan")), p["gallery_ids"][3:4])  # a NaN repeat is not the same item
+    with pytest.raises(ValueError, match=f"gallery id {gid3} was added twice with different embeddings .* nan apart"):
+        metric.compute()
+
+
+def test_repeats_within_rounding_are_dropped_and_the_tolerance_is_a_real_bound() -> None:
+    p = make_problem(seed=10)
+    clean = RecallAtK(ks=(1, 5, 10), exclude_reference=True)
+    feed(clean, p, range(30), range(25), batch=30, members=False)
+    want = as_floats(clean.compute())
+
+    def with_repeat_at(distance: float) -> RecallAtK:
+        """Every item fed once, then query 0 and gallery item 0 again, ``distance`` away once normalised."""
+        metric = RecallAtK(ks=(1, 5, 10), exclude_reference=True)
+        feed(metric, p, range(30), range(25), batch=8, members=False)
+        for kind, emb in (("query", p["queries"][0]), ("gallery", p["gallery"][0])):
+            unit = torch.nn.functional.normalize(emb, dim=0)
+            other = torch.nn.functional.normalize(torch.randn(6, generator=torch.Generator().manual_seed(1)), dim=0)
+            side = torch.nn.functional.normalize(other - (other @ unit) * unit, dim=0)  # orthogonal to the item
+            repeat = (unit + distance * side) * 3.0  # a different scale: only the direction is compared
+            if kind == "query":
+                metric.update(repeat[None], p["query_ids"][:1], ids_of(p, p["target_pos"][:1]), ids_of(p, p["ref_pos"][:1]))
+            else:
+                metric.update_gallery(repeat[None], p["gallery_ids"][:1])
+        return metric
+
+    # within rounding (a batch of another size): dropped silently, the result is the clean one
+    assert as_floats(with_repeat_at(1e-6).compute()) == pytest.approx(want, abs=1e-6)
+    assert as_floats(with_repeat_at(0.005).compute()) == pytest.approx(want, abs=1e-6)
+    # beyond the tolerance: an error naming the id (the query is checked first)
+    with pytest.raises(ValueError, match=f"query id {int(p['query_ids'][0])} was added twice with different embeddings"):
+        with_repeat_at(0.02).compute()

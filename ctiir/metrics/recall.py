@@ -3,7 +3,9 @@
 Every state is a list concatenated across processes (``dist_reduce_fx="cat"``), so each rank can encode
 one shard of the queries and of the gallery. ``DistributedSampler`` pads the last batch with repeats of
 early samples; ``compute`` therefore de-duplicates queries by query id and the gallery by gallery id
-before ranking, so nothing counts twice and the result equals a single-process run.
+before ranking, so nothing counts twice and the result equals a single-process run. A repeat is dropped
+only if it is the same item: the same embedding up to rounding (``REPEAT_TOLERANCE``) and, for a query,
+the same target, reference and members. Anything else is an error naming the id, never a silent choice.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 
 from ctiir.metrics.functional import recall_at_k, retrieval_ranks, subset_ranks
@@ -46,7 +49,9 @@ class RecallAtK(Metric):
     split; ``compute`` returns ``{"R@1": tensor, ..., "Rsubset@1": tensor, ...}`` in percent.
 
     Ids are ints. Gallery ids are the gallery positions the datamodule gives; a query's target, reference
-    and members are gallery ids. Query ids identify queries, so padding repeats can be recognised.
+    and members are gallery ids. Query ids identify queries, so padding repeats can be recognised. An id
+    added twice must come with the same embedding (up to rounding) and, for a query, the same target,
+    reference and members; ``compute`` raises ``ValueError`` naming the id otherwise.
 
     Args:
         ks: the K of R@K.
@@ -198,10 +203,12 @@ class RecallAtK(Metric):
 
         keep_q = _first_occurrence(qid)
         _check_consistent(qid, keep_q, {"target id": tid, "reference id": rid, "member ids": members})
+        _check_same_embedding("query", qid, keep_q, queries)
         queries, qid, tid, rid = queries[keep_q], qid[keep_q], tid[keep_q], rid[keep_q]
         if members is not None:
             members = members[keep_q]
         keep_g = _first_occurrence(gid)
+        _check_same_embedding("gallery", gid, keep_g, gallery)
         gallery, gid = gallery[keep_g], gid[keep_g]
         if queries.shape[1] != gallery.shape[1]:
             raise ValueError(f"query embeddings are {queries.shape[1]}-d but gallery embeddings are {gallery.shape[1]}-d")
@@ -245,15 +252,19 @@ def _first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     return first.sort().values
 
 
+def _first_rows(ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """For every row, the row of its id's first occurrence (``keep`` from :func:`_first_occurrence`)."""
+    _, inverse = torch.unique(ids, return_inverse=True)
+    first_row = torch.empty_like(inverse)
+    first_row[inverse[keep]] = keep
+    return first_row[inverse]
+
+
 def _check_consistent(qid: torch.Tensor, keep: torch.Tensor, fields: dict[str, torch.Tensor | None]) -> None:
     """A repeated query id must carry the same target, reference and members (a padding repeat does)."""
     if keep.shape[0] == qid.shape[0]:
         return
-    _, inverse = torch.unique(qid, return_inverse=True)
-    # inverse of the kept rows, in the same order as ``keep`` (sorted by first occurrence)
-    first_row = torch.empty_like(inverse)
-    first_row[inverse[keep]] = keep
-    reference_row = first_row[inverse]
+    reference_row = _first_rows(qid, keep)
     for name, values in fields.items():
         if values is None:
             continue
@@ -266,6 +277,32 @@ def _check_consistent(qid: torch.Tensor, keep: torch.Tensor, fields: dict[str, t
                 f"query id {int(qid[row])} was added twice with different {name}s: "
                 f"{values[reference_row[row]].tolist()} and {values[row].tolist()}"
             )
+
+
+# A repeat is the same item when its normalised embedding lies within this distance of the first one's.
+# Why not bit-identical: DistributedSampler's padding repeats are encoded on another rank, in a batch of
+# another size, and a batch's size changes the rounding of its matrix products (a Linear layer gives a
+# row 4e-7 apart in a batch of 1 and a batch of 8). Different items are far further apart than 0.01.
+REPEAT_TOLERANCE = 1e-2
+
+
+def _check_same_embedding(kind: str, ids: torch.Tensor, keep: torch.Tensor, emb: torch.Tensor) -> None:
+    """A repeated id must carry the same embedding (up to rounding): a different one is an error, never
+    silently dropped, since only the first would be ranked."""
+    if keep.shape[0] == ids.shape[0]:
+        return
+    reference_row = _first_rows(ids, keep)
+    rows = (reference_row != torch.arange(ids.shape[0], device=ids.device)).nonzero().flatten()
+    first, repeat = (F.normalize(emb[r].float(), dim=-1) for r in (reference_row[rows], rows))
+    distance = (first - repeat).norm(dim=-1)
+    bad = (~(distance <= REPEAT_TOLERANCE)).nonzero().flatten()  # "not <=" also catches NaN
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"{kind} id {int(ids[rows[i]])} was added twice with different embeddings (normalised, they are "
+            f"{float(distance[i]):.4g} apart; a repeat of the same item, such as DistributedSampler's padding, "
+            f"must lie within {REPEAT_TOLERANCE}): give each {kind} item its own id"
+        )
 
 
 def _check_against_target(
