@@ -31,7 +31,8 @@ def test_the_cli_lists_and_passes_every_base_argument(cls: type, tmp_path: Path)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(CTIIRDataModule, "data")
     chosen = {"batch_size": 3, "num_workers": 0, "preprocess": "targetpad", "target_pad_ratio": 1.4,
-              "on_missing": "skip", "train_text_mode": "first", "eval_batch_size": 5, "max_val_queries": 7, "seed": 11}
+              "on_missing": "skip", "train_text_mode": "first", "eval_batch_size": 5, "max_val_queries": 7, "seed": 11,
+              "breakdown": ("caption_length",)}
     assert set(chosen) == set(BASE)
     required = {"root": str(tmp_path), **({"triplets": "t.jsonl"} if cls is CustomDataModule else {})}
     class_path = f"{cls.__module__}.{cls.__name__}"

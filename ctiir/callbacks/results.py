@@ -15,12 +15,19 @@ from typing import Any
 from ctiir.datamodules.tasks import RetrievalTask
 
 COMPOSED = "composed"
+# attribute -> value -> metric -> number, e.g. {"scenario": {"text-led": {"R@10": 61.0, "queries": 33.0}}}
+Breakdown = dict[str, dict[str, dict[str, float]]]
+COUNT = "queries"  # the one breakdown metric that is summed, not averaged, over subsets
 
 
 @dataclass
 class ProtocolResult:
     """One protocol's metrics: per subset (``None`` for a protocol without subsets), the mean over subsets
-    when there are several, and the headline score (the mean of the headline metrics)."""
+    when there are several, and the headline score (the mean of the headline metrics).
+
+    ``breakdown`` holds, per subset, the metrics per value of each query attribute (``Breakdown``), and
+    ``breakdown_average`` their mean over the subsets that have the value (query counts are summed).
+    """
 
     protocol: str
     kind: str
@@ -28,6 +35,15 @@ class ProtocolResult:
     subsets: dict[str | None, dict[str, float]]
     average: dict[str, float]
     score: float
+    breakdown: dict[str | None, Breakdown] = field(default_factory=dict)
+    breakdown_average: Breakdown = field(default_factory=dict)
+
+    @property
+    def breakdown_summary(self) -> Breakdown:
+        """The protocol's own breakdown: the average over subsets, or the single subset's."""
+        if len(self.subsets) > 1:
+            return self.breakdown_average
+        return next(iter(self.breakdown.values()), {})
 
     @property
     def summary(self) -> dict[str, float]:
@@ -41,6 +57,9 @@ class ProtocolResult:
             prefix = f"{self.protocol}/{subset}" if subset else self.protocol
             out.update({f"{prefix}/{name}": value for name, value in metrics.items()})
         out.update({f"{self.protocol}/avg/{name}": value for name, value in self.average.items()})
+        for subset, breakdown in self.breakdown.items():
+            out.update(_flat_breakdown(f"{self.protocol}/{subset}" if subset else self.protocol, breakdown))
+        out.update(_flat_breakdown(f"{self.protocol}/avg", self.breakdown_average))
         out[f"{self.protocol}/score"] = self.score
         return out
 
@@ -52,6 +71,8 @@ class ProtocolResult:
             "subsets": [{"subset": s, "metrics": m} for s, m in self.subsets.items()],
             "average": self.average,
             "score": self.score,
+            "breakdown": [{"subset": s, "groups": b} for s, b in self.breakdown.items()],
+            "breakdown_average": self.breakdown_average,
         }
 
     @classmethod
@@ -63,6 +84,8 @@ class ProtocolResult:
             {entry["subset"]: dict(entry["metrics"]) for entry in data["subsets"]},
             dict(data["average"]),
             float(data["score"]),
+            {entry["subset"]: entry["groups"] for entry in data.get("breakdown", [])},
+            dict(data.get("breakdown_average", {})),
         )
 
 
@@ -112,11 +135,37 @@ class EvaluationResult(Mapping[str, float]):
         return cls(data["split"], {p.protocol: p for p in protocols})
 
 
+def _flat_breakdown(prefix: str, breakdown: Breakdown) -> dict[str, float]:
+    """``<prefix>/<attribute>=<value>/<metric>`` keys, e.g. ``synthetic/dress/scenario=text-led/R@10``."""
+    return {
+        f"{prefix}/{attribute}={value}/{name}": number
+        for attribute, values in breakdown.items()
+        for value, metrics in values.items()
+        for name, number in metrics.items()
+    }
+
+
+def _average_breakdowns(breakdowns: Sequence[Breakdown]) -> Breakdown:
+    """The mean over subsets of each attribute value's metrics (over the subsets that have the value)."""
+    out: Breakdown = {}
+    attributes = dict.fromkeys(a for b in breakdowns for a in b)
+    for attribute in attributes:
+        values = dict.fromkeys(v for b in breakdowns for v in b.get(attribute, {}))
+        for value in values:
+            present = [b[attribute][value] for b in breakdowns if value in b.get(attribute, {})]
+            names = [m for m in present[0] if all(m in p for p in present[1:])]
+            out.setdefault(attribute, {})[value] = {
+                m: sum(p[m] for p in present) / (1 if m == COUNT else len(present)) for m in names
+            }
+    return out
+
+
 def summarise(
     tasks: Sequence[RetrievalTask],
     per_task: Mapping[str, Mapping[str, float]],
     split: str = "val",
     kinds: Mapping[str, str] | None = None,
+    breakdowns: Mapping[str, Breakdown] | None = None,
 ) -> EvaluationResult:
     """Group per-task metrics (``per_task[task.key] = {"R@10": ...}``) by protocol and score each protocol.
 
@@ -153,5 +202,9 @@ def summarise(
             )
         kind = (kinds or {}).get(members[0].key, COMPOSED)
         score = sum(summary[m] for m in headline) / len(headline)
-        result.protocols[protocol] = ProtocolResult(protocol, kind, headline, subsets, average, score)
+        breakdown = {t.subset: dict((breakdowns or {})[t.key]) for t in members if (breakdowns or {}).get(t.key)}
+        breakdown_average = _average_breakdowns(list(breakdown.values())) if len(members) > 1 else {}
+        result.protocols[protocol] = ProtocolResult(
+            protocol, kind, headline, subsets, average, score, breakdown, breakdown_average
+        )
     return result

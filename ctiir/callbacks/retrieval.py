@@ -26,10 +26,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from ctiir.callbacks.results import EvaluationResult, summarise
+from ctiir.callbacks.results import Breakdown, EvaluationResult, summarise
 from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
 from ctiir.fusion.base import as_fused
-from ctiir.metrics.recall import RecallAtK
+from ctiir.metrics.recall import QueryRanks, RecallAtK
 
 __all__ = ["RetrievalEvaluation", "summarise"]
 
@@ -137,11 +137,13 @@ class RetrievalEvaluation(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            per_task = {task.key: self._evaluate_task(trainer, pl_module, task, batch_size, num_workers) for task in tasks}
+            scored = {task.key: self._evaluate_task(trainer, pl_module, task, batch_size, num_workers) for task in tasks}
         finally:
             pl_module.train(was_training)
 
-        result = summarise(tasks, per_task, prefix, kind_of)
+        per_task = {key: metrics for key, (metrics, _) in scored.items()}
+        breakdowns = {key: groups for key, (_, groups) in scored.items() if groups}
+        result = summarise(tasks, per_task, prefix, kind_of, breakdowns)
         for key, value in result.flat().items():
             pl_module.log(f"{prefix}/{key}", value, sync_dist=False)
         self.results[prefix] = result
@@ -149,7 +151,8 @@ class RetrievalEvaluation(L.Callback):
 
     def _evaluate_task(
         self, trainer: L.Trainer, pl_module: L.LightningModule, task: RetrievalTask, batch_size: int, num_workers: int
-    ) -> dict[str, float]:
+    ) -> tuple[dict[str, float], Breakdown]:
+        """The task's metrics, and the same metrics per value of each query attribute (``groups``)."""
         device = pl_module.device
         metric = RecallAtK(
             ks=task.ks, subset_ks=task.subset_ks, exclude_reference=task.exclude_reference, chunk_size=self.chunk_size
@@ -171,9 +174,11 @@ class RetrievalEvaluation(L.Callback):
                     batch.get("member_ids"),
                 )
                 weights.add(fused.weights, ids)
-        out = {name: float(value) for name, value in metric.compute().items()}
-        out.update(weights.compute(trainer.world_size > 1))
-        return out
+        ranks = metric.query_ranks()
+        per_query_weights = weights.per_query(trainer.world_size > 1)
+        out = ranks.recall(task.ks, task.subset_ks)
+        out.update(_mean_weights(per_query_weights))
+        return out, _breakdown(task, ranks, per_query_weights)
 
     def _loader(self, trainer: L.Trainer, dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
         sampler = None
@@ -212,14 +217,51 @@ class _WeightMeans:
         self.ids.append(torch.as_tensor(ids, device=weights.device).long())
         self.weights.append(weights.detach().float())
 
-    def compute(self, distributed: bool) -> dict[str, float]:
+    def per_query(self, distributed: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(query ids, weights)`` gathered from every process, each query once; ``None`` without weights."""
         if self.unusable is not None or not self.weights:
-            return {}
+            return None
         ids, weights = torch.cat(self.ids), torch.cat(self.weights)
         if distributed:
             ids, weights = torch.cat(gather_all_tensors(ids)), torch.cat(gather_all_tensors(weights))
         _, inverse = torch.unique(ids, return_inverse=True)
         first = torch.full((int(inverse.max()) + 1,), len(ids), dtype=torch.long, device=ids.device)
         first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
-        mean = weights[first].mean(dim=0)
-        return {"w_img": float(mean[0]), "w_txt": float(mean[1])}
+        return ids[first], weights[first]
+
+
+def _mean_weights(per_query: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None = None) -> dict[str, float]:
+    if per_query is None:
+        return {}
+    weights = per_query[1] if mask is None else per_query[1][mask]
+    if weights.shape[0] == 0:
+        return {}
+    mean = weights.mean(dim=0)
+    return {"w_img": float(mean[0]), "w_txt": float(mean[1])}
+
+
+def _breakdown(
+    task: RetrievalTask, ranks: QueryRanks, per_query_weights: tuple[torch.Tensor, torch.Tensor] | None
+) -> Breakdown:
+    """Per query attribute (``ComposedQuery.groups``, e.g. ``scenario``) and value: the task's metrics over
+    the queries with that value, their count (``queries``) and their mean fusion weights."""
+    evaluation = task.evaluation
+    if evaluation is None or not any(r.query.groups for r in evaluation.queries):
+        return {}
+    out: Breakdown = {}
+    attributes = sorted({a for r in evaluation.queries for a in r.query.groups})
+    for attribute in attributes:
+        def labels(ids: torch.Tensor, attribute: str = attribute) -> list[str | None]:
+            return [evaluation.queries[i].query.groups.get(attribute) for i in ids.tolist()]
+
+        ranked = labels(ranks.query_ids)
+        weighed = labels(per_query_weights[0]) if per_query_weights is not None else []
+        for value in sorted({v for v in ranked if v is not None}):
+            mask = torch.tensor([v == value for v in ranked], device=ranks.ranks.device)
+            metrics = ranks.recall(task.ks, task.subset_ks, mask)
+            metrics["queries"] = float(mask.sum())
+            if per_query_weights is not None:
+                wmask = torch.tensor([v == value for v in weighed], device=per_query_weights[1].device)
+                metrics.update(_mean_weights(per_query_weights, wmask))
+            out.setdefault(attribute, {})[value] = metrics
+    return out

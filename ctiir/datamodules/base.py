@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from ctiir.datamodules.images import OnMissing, filter_missing, load_rgb
 from ctiir.datamodules.protocol import (
     IMAGE_TEXT_HEADLINE,
     IMAGE_TEXT_KS,
+    ComposedQuery,
     ComposedSource,
     EvaluationSet,
     ResolvedQuery,
@@ -39,6 +41,13 @@ from ctiir.datamodules.transforms import Preprocess, Preprocessing, build_transf
 
 Split = Literal["train", "val", "test"]
 EvalKind = Literal["composed", "caption_pairs", "descriptions"]
+CAPTION_LENGTHS = ((6, "short"), (12, "medium"))  # up to N words; longer captions are "long"
+
+
+def caption_length(text: str | list[str]) -> str:
+    """``short`` / ``medium`` / ``long`` by the word count of the query text (of its first variant)."""
+    words = len((text[0] if isinstance(text, list) else text).split())
+    return next((name for limit, name in CAPTION_LENGTHS if words <= limit), "long")
 
 
 class CTIIRDataModule(L.LightningDataModule):
@@ -58,6 +67,10 @@ class CTIIRDataModule(L.LightningDataModule):
         eval_batch_size: batch size for encoding galleries and queries (defaults to ``batch_size``).
         max_val_queries: evaluate only the first N queries per task (for quick runs; ``None`` = all).
         seed: seeds the training shuffle and the caption-order augmentation.
+        breakdown: query attributes to break the composed results down by (logged as
+            ``<protocol>/<subset>/<attribute>=<value>/R@10``): ``caption_length`` (every dataset: ``short``
+            up to 6 words, ``medium`` 7-12, ``long`` 13 or more) and what a dataset adds (``breakdown_attributes``,
+            e.g. the synthetic benchmark's ``scenario``).
     """
 
     name: str = "dataset"
@@ -65,6 +78,8 @@ class CTIIRDataModule(L.LightningDataModule):
     # Optional image-text tables (``ctiir.datamodules.tables``) for Stages I and II, relative to ``root``.
     caption_pairs_file: str | None = None
     descriptions_file: str | None = None
+    # Query attributes this dataset can break results down by; subclasses extend it (query_attribute).
+    breakdown_attributes: tuple[str, ...] = ("caption_length",)
 
     def __init__(
         self,
@@ -77,6 +92,7 @@ class CTIIRDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         max_val_queries: int | None = None,
         seed: int = 0,
+        breakdown: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if on_missing not in ("error", "skip"):
@@ -91,6 +107,13 @@ class CTIIRDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_val_queries = max_val_queries
         self.seed = seed
+        self.breakdown = (breakdown,) if isinstance(breakdown, str) else tuple(breakdown)
+        unknown = [a for a in self.breakdown if a not in self.breakdown_attributes]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: cannot break results down by {unknown}; known attributes: "
+                f"{', '.join(self.breakdown_attributes)}"
+            )
         self.train_transform: Callable | None = None
         self.eval_transform: Callable | None = None
         self.sources: dict[str, Source] | None = None
@@ -289,16 +312,35 @@ class CTIIRDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_sets(self, split: Split, limit: bool = True) -> list[EvaluationSet]:
-        """The composed protocol on ``split``, one set per subset; ``limit`` applies ``max_val_queries``."""
+        """The composed protocol on ``split``, one set per subset; ``limit`` applies ``max_val_queries``.
+
+        Queries carry the ``breakdown`` attributes in ``ComposedQuery.groups``.
+        """
         return [
             build_evaluation(
-                source,
+                self.with_groups(source, split),
                 split,
                 on_missing=self.on_missing,
                 max_queries=self.max_val_queries if limit else None,
             )
             for source in self.composed_sources(split)
         ]
+
+    def with_groups(self, source: ComposedSource, split: Split) -> ComposedSource:
+        """``source`` with each query's ``breakdown`` attributes added to its ``groups``."""
+        if not self.breakdown:
+            return source
+        queries = [
+            replace(q, groups={**q.groups, **{a: self.query_attribute(a, q, source.subset, split) for a in self.breakdown}})
+            for q in source.queries
+        ]
+        return replace(source, queries=queries)
+
+    def query_attribute(self, attribute: str, query: ComposedQuery, subset: str | None, split: Split) -> str:
+        """The value of one breakdown attribute for ``query``; subclasses add their own attributes."""
+        if attribute == "caption_length":
+            return caption_length(query.text)
+        raise ValueError(f"{type(self).__name__} has no query attribute {attribute!r}")
 
     def retrieval_tasks(self, split: Split, kind: EvalKind) -> list[RetrievalTask]:
         """Evaluation tasks of one kind, built once per split and kind."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -189,6 +190,19 @@ class RecallAtK(Metric):
 
     # ------------------------------------------------------------------------------------------ compute
     def compute(self) -> dict[str, torch.Tensor]:
+        ranks = self._query_ranks()
+        return {name: torch.tensor(value, dtype=torch.float32, device=self.device) for name, value in ranks.recall(self.ks, self.subset_ks).items()}
+
+    def query_ranks(self) -> QueryRanks:
+        """Every query's rank, gathered from all processes and de-duplicated like ``compute``.
+
+        For breakdowns: ``ranks.recall(ks, subset_ks, mask)`` scores any subset of the queries (by their
+        ids, ``ranks.query_ids``) exactly as ``compute`` scores them all.
+        """
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=True, should_unsync=True):
+            return self._query_ranks()
+
+    def _query_ranks(self) -> QueryRanks:
         queries, qid, tid, rid = (_cat(getattr(self, n)) for n in ("query_emb", "query_ids", "target_ids", "reference_ids"))
         gallery, gid = _cat(self.gallery_emb), _cat(self.gallery_ids)
         if queries.numel() == 0 or qid.numel() == 0:
@@ -220,16 +234,30 @@ class RecallAtK(Metric):
         target = _positions(gid, tid, qid, "target id", allow_none=False)
         exclude = _positions(gid, rid, qid, "reference id", allow_none=True) if self.exclude_reference else None
 
-        out: dict[str, torch.Tensor] = {}
         ranks = retrieval_ranks(queries, gallery, target, exclude, chunk_size=self.chunk_size)
-        for k, value in recall_at_k(ranks, self.ks).items():
-            out[f"R@{k}"] = torch.tensor(value, dtype=torch.float32, device=self.device)
+        sranks = None
         if self.subset_ks:
             assert members is not None
             flat = _positions(gid, members.flatten(), qid.repeat_interleave(members.shape[1]), "member id", allow_none=True)
             sranks = subset_ranks(queries, gallery, target, flat.view_as(members), exclude, chunk_size=self.chunk_size)
-            for k, value in recall_at_k(sranks, self.subset_ks).items():
-                out[f"Rsubset@{k}"] = torch.tensor(value, dtype=torch.float32, device=self.device)
+        return QueryRanks(qid, ranks, sranks)
+
+
+@dataclass(frozen=True)
+class QueryRanks:
+    """Per-query ranks of the target (0 = first): in the gallery, and within the query's image set."""
+
+    query_ids: torch.Tensor
+    ranks: torch.Tensor
+    subset_ranks: torch.Tensor | None = None
+
+    def recall(self, ks: Sequence[int], subset_ks: Sequence[int] = (), mask: torch.Tensor | None = None) -> dict[str, float]:
+        """``{"R@k": ..., "Rsubset@k": ...}`` in percent, over all queries or those where ``mask`` is true."""
+        ranks = self.ranks if mask is None else self.ranks[mask]
+        out = {f"R@{k}": value for k, value in recall_at_k(ranks, tuple(ks)).items()}
+        if subset_ks and self.subset_ranks is not None:
+            sranks = self.subset_ranks if mask is None else self.subset_ranks[mask]
+            out.update({f"Rsubset@{k}": value for k, value in recall_at_k(sranks, tuple(subset_ks)).items()})
         return out
 
 

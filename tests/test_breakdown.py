@@ -1,0 +1,73 @@
+"""Results broken down by a query attribute: the general mechanism (``breakdown=[...]`` on a datamodule), checked
+against recall computed directly on each group's queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+
+from ctiir.callbacks import RetrievalEvaluation
+from ctiir.datamodules import CustomDataModule
+from ctiir.datamodules.tasks import collate_retrieval
+from ctiir.metrics import recall_at_k, retrieval_ranks
+from ctiir.stages import ComposedRetrieval
+
+TEXTS = [
+    "is red",  # short (<= 6 words)
+    "is blue and darker",
+    "is green with long sleeves and a collar on top",  # medium (7-12)
+    "make it yellow and shorter with no pattern at all please",
+    "make it purple and much longer with short sleeves and a plain v neck and a loose fit",  # long (13+)
+]
+
+
+def catalogue(tmp_path: Path) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    (tmp_path / "img").mkdir()
+    for i in range(8):
+        Image.fromarray((torch.rand(16, 16, 3, generator=gen) * 255).byte().numpy()).save(tmp_path / "img" / f"{i}.png")
+    rows = [
+        {"reference": f"img/{i}.png", "target": f"img/{(i + 3) % 8}.png", "text": text, "split": "val"}
+        for i, text in enumerate(TEXTS)
+    ]
+    rows.append({"reference": "img/0.png", "target": "img/1.png", "text": "is red", "split": "train"})
+    (tmp_path / "triplets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def test_breakdown_by_caption_length_equals_recall_on_each_group(tmp_path: Path) -> None:
+    root = catalogue(tmp_path)
+    dm = CustomDataModule(str(root), triplets="triplets.jsonl", batch_size=2, breakdown=["caption_length"])
+    torch.manual_seed(0)
+    model = ComposedRetrieval(backbone="tiny", fusion="adaptive")
+    callback = RetrievalEvaluation()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    logged = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    composed = callback.results["val"].composed()
+    groups = composed.breakdown[None]["caption_length"]
+    assert {v: g["queries"] for v, g in groups.items()} == {"short": 2.0, "medium": 2.0, "long": 1.0}
+
+    (task,) = dm.composed_tasks("val")
+    model.eval()
+    with torch.no_grad():
+        gallery = model.encode_gallery(collate_retrieval([task.gallery[i] for i in range(len(task.gallery))]))
+        batch = collate_retrieval([task.queries[i] for i in range(len(task.queries))])
+        fused = model.encode_query(batch)
+    ranks = retrieval_ranks(fused.query, gallery, batch["target_id"], batch["reference_id"])
+    lengths = ["short", "short", "medium", "medium", "long"]
+    for value in ("short", "medium", "long"):
+        mask = torch.tensor([v == value for v in lengths])
+        want = recall_at_k(ranks[mask], task.ks)
+        assert {f"R@{k}": v for k, v in want.items()} == pytest.approx({f"R@{k}": groups[value][f"R@{k}"] for k in task.ks})
+        assert groups[value]["w_img"] == pytest.approx(float(fused.weights[mask, 0].mean()), abs=1e-6)
+    assert logged["val/custom/caption_length=long/R@1"] == pytest.approx(groups["long"]["R@1"])
+
+
+def test_an_unknown_breakdown_attribute_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot break results down by \['colour'\]; known attributes: caption_length"):
+        CustomDataModule(str(tmp_path), triplets="t.jsonl", breakdown=["colour"])
