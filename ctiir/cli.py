@@ -17,6 +17,9 @@ OWN_COMMANDS: dict[str, str] = {
     "progressive": "run Stages I -> II -> III from one YAML config and write a results table",
     "check-data": "check a dataset's annotations and images; optionally write a filtered copy",
     "cirr-submission": "write CIRR test-server submission files from a Stage III checkpoint",
+    "index": "encode a folder of images (or a dataset's gallery) into a searchable index",
+    "search": "search an index with an image, a text, or both; table, JSON or a picture",
+    "serve": "serve an index over HTTP (POST /search, GET /images/{id}, a search page at /)",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -43,6 +46,18 @@ def _own_command(name: str) -> Callable[[list[str]], int]:
         from ctiir.checkdata import check_data_main
 
         return check_data_main
+    if name == "index":
+        from ctiir.retrieval.commands import index_main
+
+        return index_main
+    if name == "search":
+        from ctiir.retrieval.commands import search_main
+
+        return search_main
+    if name == "serve":
+        from ctiir.retrieval.serve import serve_main
+
+        return serve_main
     from ctiir.predict import cirr_submission_main
 
     return cirr_submission_main
