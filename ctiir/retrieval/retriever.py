@@ -61,7 +61,7 @@ def open_image(image: ImageInput, what: str = "query image") -> Image.Image:
                 img.load()
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise QueryError(f"{what}: not a readable image ({err})") from err
+            raise QueryError(f"{what}: the {len(image)} bytes are not a readable image ({type(err).__name__})") from err
     if isinstance(image, (str, Path)):
         try:
             return load_rgb(image, what)
