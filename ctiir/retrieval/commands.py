@@ -159,8 +159,8 @@ def index_main(argv: list[str] | None = None) -> int:
             )
         if report is None:
             return 0  # another rank of a distributed run
-        for path, error in report.skipped.items():
-            console.print(f"[yellow]skipped unreadable image[/] {path}: {error}", markup=True, highlight=False)
+        for error in report.skipped.values():
+            console.print(f"[yellow]skipped:[/] {error}", markup=True, highlight=False)
         line = f"index {report.folder}: {report.count} images ({report.encoded} encoded; {report.plan.summary()})"
         if report.skipped:
             line += f"; {len(report.skipped)} unreadable images skipped (--strict makes them an error)"

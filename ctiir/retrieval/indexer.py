@@ -135,7 +135,7 @@ def build_index(
         fresh, errors = result
     skipped = {str(root / files[plan.encode[i]].path): msg for i, msg in sorted(errors.items())}
     if skipped:
-        listing = "\n".join(f"  {path}: {msg}" for path, msg in skipped.items())
+        listing = "\n".join(f"  {msg}" for msg in skipped.values())  # each message names its file
         if strict:
             raise UnreadableImagesError(f"{len(skipped)} unreadable images (--strict):\n{listing}")
         log.warning("skipped %d unreadable images:\n%s", len(skipped), listing)

@@ -193,6 +193,9 @@ class Retriever:
         n = len(images) if images is not None else len(texts or [])
         images = list(images) if images is not None else [None] * n
         texts = list(texts) if texts is not None else [None] * n
+        for i, (image, text) in enumerate(zip(images, texts, strict=False)):
+            if image is None and not (isinstance(text, str) and text.strip()):
+                raise QueryError(f"query {i}: give an image, a text, or both")
         self.check_k(k)
         results: list[SearchResult] = []
         for start in range(0, n, batch_size):

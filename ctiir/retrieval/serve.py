@@ -121,7 +121,7 @@ class PagesMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await reject(413, f"the request body is {int(declared) / 2**20:.1f} MB; the limit is {limit}")
             return
-        if not (ctype.startswith("application/json") or ctype.startswith("multipart/form-data")):
+        if not ctype.startswith(("application/json", "multipart/form-data", "application/x-www-form-urlencoded")):
             await reject(415, f"send multipart/form-data (image file, text, k) or application/json (base64 image, text, k), not {ctype or 'no content type'!r}")
             return
         chunks, size, more = [], 0, True
