@@ -78,7 +78,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def child(args: argparse.Namespace) -> dict[str, Any]:
+def timed(search: Any, queries: Any, args: argparse.Namespace) -> dict[str, float]:
+    """Single-query p50/p99 (ms) and batched queries per second of ``search``."""
+    search(queries[:1])  # warm-up
+    latencies = []
+    for i in range(args.single):
+        start = time.perf_counter()
+        search(queries[i : i + 1])
+        latencies.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for b in range(args.batches):
+        search(queries[b * args.batch : (b + 1) * args.batch])
+    qps = args.batch * args.batches / (time.perf_counter() - start)
+    return {"p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3, "qps_batch64": qps}
+
+
+def child(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from ctiir.retrieval.exact import exact_topk
@@ -93,72 +108,63 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         del gallery32
         gallery32 = None
     nbytes = gallery.numel() * gallery.element_size()
-    row: dict[str, Any] = {"size": args.size, "dtype": args.dtype, "backend": args.backend, "gallery_mb": nbytes / 2**20}
+    common: dict[str, Any] = {"size": args.size, "dtype": args.dtype, "backend": args.backend, "gallery_mb": nbytes / 2**20}
     _, truth = exact_topk(queries[: args.recall_queries], gallery, 10)
+    rows: list[dict[str, Any]] = []
 
     if args.backend == "exact":
         # a buffer well beyond the caches (a 20 MB gallery partly fits in L3, where "bandwidth" means little)
         bandwidth = copy_bandwidth(min(max(nbytes, 256 << 20), 1 << 30))
-        search = lambda q: exact_topk(q, gallery, 10)  # noqa: E731
-        row["build_s"] = 0.0
-    else:
-        import faiss
-
-        from ctiir.retrieval.ann import FaissOptions, build_faiss, faiss_search
-
-        faiss.omp_set_num_threads(args.threads)
-        options = FaissOptions(
-            backend=args.backend, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
-            ef_search=args.ef_search, nprobe=args.nprobe,
-        )
-        source = gallery32 if gallery32 is not None else gallery
-        start = time.perf_counter()
-        index = build_faiss(source, options, fp16=dtype == torch.float16)
-        row["build_s"] = time.perf_counter() - start
-        del source
-        search = lambda q: faiss_search(index, q, 10)  # noqa: E731
-        bandwidth = None
-        approx = search(queries[: args.recall_queries])[1]
-        hits = (approx.unsqueeze(2) == truth.unsqueeze(1)).any(dim=1).sum().item()
-        row["recall@10"] = hits / truth.numel()
-    if args.backend == "exact":
-        row["recall@10"] = 1.0
-
-    search(queries[:1])  # warm-up
-    latencies = []
-    for i in range(args.single):
-        start = time.perf_counter()
-        search(queries[i : i + 1])
-        latencies.append(time.perf_counter() - start)
-    row["p50_ms"] = percentile(latencies, 50) * 1e3
-    row["p99_ms"] = percentile(latencies, 99) * 1e3
-    start = time.perf_counter()
-    for b in range(args.batches):
-        search(queries[b * args.batch : (b + 1) * args.batch])
-    row["qps_batch64"] = args.batch * args.batches / (time.perf_counter() - start)
-    if bandwidth is not None:
+        row = {**common, "build_s": 0.0, "recall@10": 1.0, "knob": "", **timed(lambda q: exact_topk(q, gallery, 10), queries, args)}
         row["copy_gbs"] = bandwidth / 1e9
         row["floor_ms"] = nbytes / bandwidth * 1e3
         row["x_floor"] = row["p50_ms"] / row["floor_ms"]
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row["base_rss_mb"] = base_rss / 1024
-    return row
+        rows.append(row)
+    else:
+        import faiss
+
+        from ctiir.retrieval.ann import FaissOptions, build_faiss, configure, faiss_search
+
+        faiss.omp_set_num_threads(args.threads)
+        options = FaissOptions(backend=args.backend, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
+        source = gallery32 if gallery32 is not None else gallery
+        start = time.perf_counter()
+        index = build_faiss(source, options, fp16=dtype == torch.float16)
+        build_s = time.perf_counter() - start
+        del source
+
+        def search(q: Any) -> Any:
+            return faiss_search(index, q, 10)
+
+        knobs = {"hnsw": [("efSearch", v, {"ef_search": v}) for v in args.ef_search],
+                 "ivf": [("nprobe", v, {"nprobe": v}) for v in args.nprobe]}.get(args.backend, [("", "", {})])
+        for name, value, change in knobs:
+            configure(index, FaissOptions(**{**options.to_dict(), **change}))
+            approx = search(queries[: args.recall_queries])[1]
+            hits = (approx.unsqueeze(2) == truth.unsqueeze(1)).any(dim=1).sum().item()
+            knob = f"{name}={value}" if name else ""
+            rows.append({**common, "build_s": build_s, "recall@10": hits / truth.numel(), "knob": knob, **timed(search, queries, args)})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for row in rows:
+        row["peak_rss_mb"] = peak
+        row["base_rss_mb"] = base_rss / 1024
+    return rows
 
 
-def run_child(argv: list[str], timeout: float) -> dict[str, Any]:
+def run_child(argv: list[str], timeout: float) -> list[dict[str, Any]]:
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"child {argv} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # a list of rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| gallery | dtype | backend | build s | p50 ms | p99 ms | qps (batch 64) | recall@10 | peak RSS MiB | exact p50 / floor (floor ms, copy GB/s) |"
-    lines = [head, "|---" * 10 + "|"]
+    head = "| gallery | dtype | backend | query knob | build s | p50 ms | p99 ms | qps (batch 64) | recall@10 | peak RSS MiB | exact p50 / floor (floor ms, copy GB/s) |"
+    lines = [head, "|---" * 11 + "|"]
     for r in rows:
         floor = f"{r['x_floor']:.2f}x ({r['floor_ms']:.1f} ms, {r['copy_gbs']:.1f})" if "x_floor" in r else ""
         lines.append(
-            f"| {r['size']:,} | {r['dtype']} | {r['backend']} | {r['build_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"| {r['size']:,} | {r['dtype']} | {r['backend']} | {r['knob']} | {r['build_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['qps_batch64']:.0f} | {r['recall@10']:.3f} | {r['peak_rss_mb']:.0f} | {floor} |"
         )
     return "\n".join(lines)
@@ -176,8 +182,8 @@ def main() -> int:
     p.add_argument("--recall_queries", type=int, default=200)
     p.add_argument("--hnsw_m", type=int, default=32)
     p.add_argument("--ef_construction", type=int, default=80)
-    p.add_argument("--ef_search", type=int, default=128)
-    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--ef_search", type=int, nargs="+", default=[128, 512], help="HNSW query beams, each a row (one build)")
+    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="IVF probes, each a row (one build)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     p.add_argument("--json", type=str, default=None, help="also write the rows to this file")
@@ -189,17 +195,18 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    shared = [f"--{k}={getattr(args, k)}" for k in ("dim", "single", "batch", "batches", "recall_queries", "hnsw_m", "ef_construction", "ef_search", "nprobe", "threads")]
+    shared = [f"--{k}={getattr(args, k)}" for k in ("dim", "single", "batch", "batches", "recall_queries", "hnsw_m", "ef_construction", "threads")]
+    shared += ["--ef_search", *map(str, args.ef_search), "--nprobe", *map(str, args.nprobe)]
     rows = []
     for size in args.sizes:
         for dtype in args.dtypes:
             for backend in args.backends:
-                row = run_child([f"--size={size}", f"--dtype={dtype}", f"--backend={backend}", *shared], args.timeout)
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                for row in run_child([f"--size={size}", f"--dtype={dtype}", f"--backend={backend}", *shared], args.timeout):
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps(rows, indent=1))
-    print(f"hnsw M={args.hnsw_m} efConstruction={args.ef_construction} efSearch={args.ef_search}; ivf nlist=4*sqrt(N) nprobe={args.nprobe}; d={args.dim}; {args.threads} threads")
+    print(f"hnsw M={args.hnsw_m} efConstruction={args.ef_construction}; ivf nlist=4*sqrt(N); d={args.dim}; {args.threads} threads")
     print(table(rows))
     return 0
 

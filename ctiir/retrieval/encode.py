@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
@@ -99,8 +100,6 @@ def merge_shards(folder: str | Path, count: int) -> tuple[torch.Tensor, dict[int
     seen = torch.zeros(count, dtype=torch.bool)
     errors: dict[int, str] = {}
     for shard in shards:
-        from safetensors import safe_open
-
         with safe_open(str(shard), framework="pt") as handle:
             meta = handle.metadata() or {}
         errors.update({int(k): v for k, v in json.loads(meta.get("errors", "{}")).items()})

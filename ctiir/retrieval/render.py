@@ -88,7 +88,7 @@ def render_grid(rows: Sequence[GridRow], thumb: int = 160, pad: int = 8) -> Imag
         canvas.paste(_fit(row.reference, thumb), (x, top))
         draw.rectangle([x - 2, top - 2, x + thumb + 1, top + thumb + 1], outline=REFERENCE, width=2)
         y = top + thumb + 4
-        chars = max(8, thumb // 7)
+        chars = max(8, thumb // 6)
         lines = textwrap.wrap(f'"{row.text}"', chars) if row.text else ["(image only)"]
         lines = lines[:3]
         if row.reference is None and row.text:
