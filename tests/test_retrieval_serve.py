@@ -151,3 +151,12 @@ def test_the_page_shows_results_in_a_real_browser(server, tmp_path: Path) -> Non
             assert page.locator("figure.result").count() == 0
         finally:
             browser.close()
+
+
+def test_serve_refuses_an_index_built_by_another_checkpoint(server, tmp_path: Path, capsys) -> None:
+    from ctiir.retrieval.serve import serve_main
+
+    other = save_checkpoint(tmp_path / "other.ckpt", seed=1)
+    assert serve_main(["--ckpt", str(other), "--index", str(server.root / "index"), "--port", str(free_port())]) == 1
+    assert "was not built from" in capsys.readouterr().err
+    assert serve_main(["--ckpt", str(other), "--index", str(server.root / "index"), "--port", "80"]) == 2
