@@ -314,3 +314,22 @@ def test_index_a_datamodule_gallery_from_a_yaml_config(ckpt: Path, tmp_path: Pat
     assert all(index.image_path(r).is_file() for r in range(len(index)))
     assert main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "nope", "--out", str(out)]) == 1
     assert "not one of the dataset's test tasks" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_encoding_writes_the_same_index(ckpt: Path, module, gallery: Path, tmp_path: Path) -> None:
+    """Each rank encodes its DistributedSampler share into shards; rank 0 merges them (padding repeats dropped)."""
+    for i in range(8, 13):  # 13 images: an odd count, so the sampler pads one rank with a repeat
+        draw(gallery / f"extra/{i}.png", i)
+    build(ckpt, module, gallery, tmp_path / "single")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctiir.cli", "index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "ddp"),
+         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--batch_size", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ddp = load_index(tmp_path / "single"), load_index(tmp_path / "ddp")
+    assert ddp.ids == single.ids and len(ddp) == 13
+    assert torch.allclose(ddp.embeddings.float(), single.embeddings.float(), atol=1e-3)
+    assert not (tmp_path / "ddp" / ".encode-shards").exists()
