@@ -42,6 +42,15 @@ OWN_COMMANDS: dict[str, OwnCommand] = {
         "ctiir.predict:cirr_submission_main", "write CIRR test-server submission files from a Stage III checkpoint"
     ),
     "config": OwnCommand("ctiir.configs:config_main", "list the packaged example configs, or print one"),
+    "index": OwnCommand(
+        "ctiir.retrieval.commands:index_main", "encode a folder of images (or a dataset's gallery) into a searchable index"
+    ),
+    "search": OwnCommand(
+        "ctiir.retrieval.commands:search_main", "search an index with an image, a text, or both; table, JSON or a picture"
+    ),
+    "serve": OwnCommand(
+        "ctiir.retrieval.serve:serve_main", "serve an index over HTTP (POST /search, GET /images/{id}, a search page at /)"
+    ),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # Commands whose -c/--config may name a packaged config (ctiir.configs.resolve_config_path).

@@ -1,0 +1,220 @@
+"""Search: exact top-k against a full sort, the Retriever (image, text, composed, batch), the stage-API
+helpers, FAISS backends, result pictures and ``ctiir search``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ctiir.fusion import Fused
+from ctiir.retrieval import QueryError, RetrievalError, load_index
+from ctiir.retrieval.exact import chunk_rows, exact_topk
+from ctiir.retrieval.indexer import build_index
+from ctiir.retrieval.model import eval_transform, load_stage, query_embeddings
+from ctiir.retrieval.render import GREEN, Candidate, GridRow, render_grid
+from ctiir.retrieval.retriever import Retriever
+from tests.test_retrieval_index import make_gallery, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("search")
+    ckpt = save_checkpoint(root / "model.ckpt")
+    module = load_stage(ckpt)
+    gallery = make_gallery(root / "gallery")
+    build_index(ckpt, root / "index", images=gallery, module=module, progress=False, trainer_kwargs={"accelerator": "cpu"})
+    return SimpleNamespace(root=root, ckpt=ckpt, module=module, gallery=gallery, index=root / "index")
+
+
+@pytest.fixture(scope="module")
+def retriever(setup: SimpleNamespace) -> Retriever:
+    return Retriever.from_checkpoint(setup.ckpt, setup.index)
+
+
+# ------------------------------------------------------------------------------------------ exact search
+def test_exact_topk_equals_a_full_sort_across_many_chunks() -> None:
+    torch.manual_seed(0)
+    gallery = F.normalize(torch.randn(5000, 32), dim=1)
+    queries = F.normalize(torch.randn(7, 32), dim=1)
+    assert chunk_rows(7, 32, torch.float32, max_chunk_bytes=1) == 1024  # forces 5 chunks
+    scores, rows = exact_topk(queries, gallery, k=15, max_chunk_bytes=1)
+    expected_scores, expected_rows = (queries @ gallery.T).topk(15, dim=1)
+    assert torch.equal(rows, expected_rows)
+    assert torch.allclose(scores, expected_scores)
+    assert exact_topk(queries, gallery[:4], k=10)[1].shape == (7, 4)  # k capped at the gallery size
+    with pytest.raises(ValueError, match=r"\(Q, D\)"):
+        exact_topk(queries[:, :5], gallery, k=3)
+
+
+def test_exact_topk_on_a_float16_gallery_is_exact_up_to_float16_rounding() -> None:
+    torch.manual_seed(0)
+    gallery = F.normalize(torch.randn(5000, 32), dim=1)
+    queries = F.normalize(torch.randn(7, 32), dim=1)
+    scores, rows = exact_topk(queries, gallery.half(), k=15, max_chunk_bytes=1)
+    true = queries @ gallery.T
+    best = true.topk(15, dim=1).values
+    assert scores.dtype == torch.float32
+    assert torch.allclose(scores, best, atol=2e-3)  # the k-th best score, whatever item holds it
+    assert torch.allclose(true.gather(1, rows), best, atol=2e-3)  # each returned item is (nearly) as good
+    assert len(set(rows[0].tolist())) == 15
+
+
+def test_chunks_bound_the_temporaries() -> None:
+    budget = 8 << 20
+    for q in (1, 64, 512):
+        rows = chunk_rows(q, 512, torch.float16, budget)
+        assert rows * (2 + 4) * q <= budget or rows == 1024
+
+
+# ------------------------------------------------------------------------------------------ the stage API
+def test_query_helper_takes_a_fused_query_or_a_plain_tensor() -> None:
+    q = torch.randn(2, 4)
+    w = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
+    stage = SimpleNamespace(encode_query=lambda batch: Fused(q, w))
+    out, weights = query_embeddings(stage, {"image": torch.zeros(2, 3, 8, 8), "text": ["a", "b"]})
+    assert torch.equal(out, q) and torch.equal(weights, w)
+    assert query_embeddings(SimpleNamespace(encode_query=lambda b: Fused(q, None)), {"text": ["a"]})[1] is None
+    assert query_embeddings(SimpleNamespace(encode_query=lambda b: q), {"text": ["a"]})[1] is None  # a module of one's own
+
+
+def test_a_targetpad_checkpoint_is_indexed_and_searched_with_targetpad(tmp_path: Path) -> None:
+    """The preprocessing recorded in the checkpoint drives the index and the search (issue: a model trained
+    with TargetPad must not be scored with other transforms)."""
+    recorded = {"mode": "targetpad", "size": 64, "target_pad_ratio": 1.25}
+    ckpt = save_checkpoint(tmp_path / "pad.ckpt", preprocess=recorded)
+    module = load_stage(ckpt)
+    assert "TargetPad(target_ratio=1.25)" in repr(eval_transform(module))
+    gallery = make_gallery(tmp_path / "gallery")
+    build_index(ckpt, tmp_path / "index", images=gallery, module=module, progress=False, trainer_kwargs={"accelerator": "cpu"})
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["preprocessing"] == recorded
+    retriever = Retriever.from_checkpoint(ckpt, tmp_path / "index")
+    assert "TargetPad(target_ratio=1.25)" in repr(eval_transform(retriever.module))
+    # the search itself: a gallery image asked for by its own file comes back first
+    first = sorted(load_index(tmp_path / "index").ids)[0]
+    assert retriever.search(image=gallery / first, k=1).ids == [first]
+
+
+# ------------------------------------------------------------------------------------------ Retriever
+def test_image_query_finds_itself_first_from_a_path_a_pil_image_or_a_tensor(setup, retriever: Retriever) -> None:
+    path = setup.gallery / "b/c/5.png"
+    pil = Image.open(path).convert("RGB")
+    tensor = eval_transform(setup.module)(pil)
+    for query in (path, str(path), pil, tensor, path.read_bytes()):
+        result = retriever.search(image=query, k=3)
+        assert result.ids[0] == "b/c/5.png" and result.scores[0] == pytest.approx(1.0, abs=2e-3)
+        assert result.scores == sorted(result.scores, reverse=True) and result.weights is None
+
+
+def test_composed_text_and_batch_queries(setup, retriever: Retriever) -> None:
+    path = setup.gallery / "a/0.png"
+    composed = retriever.search(image=path, text="is blue with a circle", k=8)
+    assert len(composed.ids) == 8 and sorted(composed.ids) == sorted(retriever.index.ids)
+    w_img, w_txt = composed.weights  # the adaptive fusion's per-query weights
+    assert w_img + w_txt == pytest.approx(1.0, abs=1e-5)
+    text_only = retriever.search(text="a red dress", k=4)
+    assert text_only.weights is None and len(text_only.ids) == 4
+    batch = retriever.search_batch([path, None, path], ["is blue with a circle", "a red dress", None], k=4)
+    assert batch[0].ids == composed.ids[:4] and batch[0].scores == pytest.approx(composed.scores[:4], abs=1e-5)
+    assert batch[1].ids == text_only.ids and batch[2].ids[0] == "a/0.png"
+    assert batch[0].to_dict()["results"][0] == {"rank": 1, "id": composed.ids[0], "score": composed.scores[0]}
+
+
+def test_bad_queries_are_clear_errors(setup, retriever: Retriever, tmp_path: Path) -> None:
+    with pytest.raises(QueryError, match="give an image, a text, or both"):
+        retriever.search(k=3)
+    with pytest.raises(QueryError, match="give an image, a text, or both"):
+        retriever.search(text="   ")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"no")
+    with pytest.raises(QueryError, match="broken.png"):
+        retriever.search(image=broken, k=3)
+    with pytest.raises(QueryError, match="missing image"):
+        retriever.search(image=tmp_path / "absent.png", k=3)
+    with pytest.raises(QueryError, match="k must be an int from 1 to the gallery size 8"):
+        retriever.search(text="red", k=9)
+    with pytest.raises(QueryError, match="k must be"):
+        retriever.search(text="red", k=0)
+    with pytest.raises(RetrievalError, match="no FAISS index"):
+        Retriever.from_checkpoint(setup.ckpt, setup.index, backend="faiss")
+
+
+# ------------------------------------------------------------------------------------------ FAISS
+@pytest.mark.parametrize("backend", ["flat", "hnsw", "ivf"])
+def test_faiss_backends_are_saved_checked_and_searched(setup, tmp_path: Path, backend: str) -> None:
+    pytest.importorskip("faiss")
+    from ctiir.retrieval.ann import FaissOptions
+
+    out = tmp_path / "index"
+    report = build_index(
+        setup.ckpt, out, images=setup.gallery, module=setup.module, progress=False,
+        faiss=FaissOptions(backend=backend, nprobe=64), trainer_kwargs={"accelerator": "cpu"},
+    )
+    entry = report.faiss
+    assert entry["backend"] == backend and (out / entry["file"]).is_file()
+    assert entry["recall_sample"] == 8 and 0.0 <= entry["recall_at_10"] <= 1.0
+    assert load_index(out).manifest["faiss"]["recall_at_10"] == entry["recall_at_10"]
+    exact = Retriever(setup.module, load_index(out))
+    approx = Retriever.from_checkpoint(setup.ckpt, out, backend="faiss")
+    path = setup.gallery / "b/3.png"
+    assert approx.search(image=path, k=3).ids[0] == "b/3.png"
+    if backend == "flat":  # an exhaustive scan: the same ranking as exact search
+        assert entry["recall_at_10"] == pytest.approx(1.0, abs=0.01)
+        assert approx.search(text="red", k=8).ids == exact.search(text="red", k=8).ids
+    # an update keeps the FAISS index in step with the new gallery
+    (setup.gallery / "a/1.png").rename(tmp_path / "moved.png")
+    try:
+        report = build_index(setup.ckpt, out, images=setup.gallery, module=setup.module, update=True, progress=False)
+        assert report.faiss["ntotal"] == 7
+        assert Retriever.from_checkpoint(setup.ckpt, out, backend="faiss").search(text="red", k=7).ids
+    finally:
+        (tmp_path / "moved.png").rename(setup.gallery / "a/1.png")
+
+
+# ------------------------------------------------------------------------------------------ pictures
+def test_render_grid_frames_the_target_and_says_when_it_is_missing() -> None:
+    swatch = Image.new("RGB", (40, 30), (0, 0, 200))
+    candidates = [Candidate(f"id{i}", 0.9 - i / 10, i + 1, swatch) for i in range(3)]
+    found = GridRow(swatch, "is red", candidates, (0.6, 0.4), target="id1", title="query 1")
+    missing = GridRow(None, "is red", candidates, None, target="other")
+    picture = render_grid([found, missing], thumb=64, pad=8)
+    cell_w = 64 + 16
+    assert picture.size[0] == 4 * cell_w + 8
+    x, y = 8 + 2 * cell_w - 3, 8 + 16 + 8 + 20  # the left edge of candidate 2's frame, first row
+    assert picture.getpixel((x, y)) == GREEN
+    assert picture.getpixel((8 + 1 * cell_w - 3, y)) != GREEN  # the other candidates are not framed
+    second_row = picture.crop((0, picture.size[1] // 2, cell_w, picture.size[1]))
+    assert any(r > 150 and g < 80 and b < 80 for r, g, b in second_row.getdata())  # red "target not in top 3"
+    with pytest.raises(ValueError):
+        render_grid([])
+
+
+# ------------------------------------------------------------------------------------------ ctiir search
+def test_search_command_table_json_picture_and_target(setup, tmp_path: Path, capsys) -> None:
+    from ctiir.cli import main
+
+    base = ["search", "--ckpt", str(setup.ckpt), "--index", str(setup.index)]
+    image = str(setup.gallery / "a/2.jpg")
+    assert main([*base, "--image", image, "-k", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["results"][0]["id"] == "a/2.jpg" and [r["rank"] for r in payload["results"]] == [1, 2, 3]
+    out = tmp_path / "results.png"
+    code = main([*base, "--image", image, "--text", "is green", "-k", "4", "--target", "a/2.jpg", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "target a/2.jpg: rank" in printed and "w_img" in printed
+    assert Image.open(out).size[0] > 4 * 160
+    assert main([*base, "--text", "is green", "-k", "1", "--target", payload["results"][2]["id"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"]["id"] == payload["results"][2]["id"]
+    assert main([*base, "--image", image, "-k", "1", "--target", payload["results"][2]["id"]]) == 0
+    assert "is not in the top 1" in capsys.readouterr().out
+    assert main([*base, "--text", "x", "--target", "nope.png"]) == 1
+    assert "'nope.png' is not an id of the index" in capsys.readouterr().err
+    assert main([*base, "-k", "3"]) == 2
+    assert main([*base, "--text", "x", "-k", "zero"]) == 2
+    assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(tmp_path / "none"), "--text", "x"]) == 1
+    assert "not found" in capsys.readouterr().err
