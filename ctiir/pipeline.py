@@ -27,6 +27,7 @@ from ctiir.stages import STAGES
 
 log = logging.getLogger(__name__)
 STAGE_ORDER = ("I", "II", "III")
+EXAMPLES = 8  # best- and worst-ranked queries drawn per task after the last stage
 
 
 @dataclass
@@ -60,6 +61,7 @@ def run_stage(
     stage: StageConfig,
     init_from: str | None,
     run_dir: Path,
+    last: bool = False,
 ) -> dict[str, Any]:
     """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint.
 
@@ -76,7 +78,8 @@ def run_stage(
     if stage.eval_kinds is not None:
         model_args["eval_kinds"] = stage.eval_kinds
     model = STAGES[name](**model_args)
-    evaluation = RetrievalEvaluation()
+    # The last stage draws its best- and worst-ranked test queries into stage-<name>/examples/.
+    evaluation = RetrievalEvaluation(save_examples=EXAMPLES if last else 0)
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val/score", mode="max", save_top_k=1, save_last=False, enable_version_counter=False)
     callbacks: list[Any] = [evaluation, checkpoint]
     if cfg.progress_bar:
@@ -139,13 +142,14 @@ def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"config": asdict(cfg), "stages": {}}
     previous: str | None = None
+    running = [n for n in STAGE_ORDER if cfg.stages.get(n, StageConfig()).enabled and n not in skip]
     for name in STAGE_ORDER:
         stage = cfg.stages.get(name, StageConfig())
-        if not stage.enabled or name in skip:
+        if name not in running:
             results["stages"][name] = {"skipped": True}
             continue
         log.info("stage %s (init_from=%s)", name, previous)
-        outcome = run_stage(name, cfg, stage, previous, run_dir)
+        outcome = run_stage(name, cfg, stage, previous, run_dir, last=name == running[-1])
         results["stages"][name] = outcome
         previous = outcome["checkpoint"]
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -71,3 +71,24 @@ def test_breakdown_by_caption_length_equals_recall_on_each_group(tmp_path: Path)
 def test_an_unknown_breakdown_attribute_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot break results down by \['colour'\]; known attributes: caption_length"):
         CustomDataModule(str(tmp_path), triplets="t.jsonl", breakdown=["colour"])
+
+
+def test_example_pictures_show_the_best_and_worst_ranked_queries(tmp_path: Path) -> None:
+    from ctiir.callbacks.examples import chosen_rows
+    from ctiir.metrics.recall import QueryRanks
+
+    ranks = QueryRanks(torch.tensor([4, 0, 3, 1, 2]), torch.tensor([7, 0, 2, 0, 9]))
+    rows = chosen_rows(ranks, 2)
+    assert ranks.query_ids[rows["best"]].tolist() == [0, 1] and ranks.query_ids[rows["worst"]].tolist() == [2, 4]
+
+    (tmp_path / "data").mkdir()
+    root = catalogue(tmp_path / "data")
+    dm = CustomDataModule(str(root), triplets="triplets.jsonl", batch_size=2)
+    callback = RetrievalEvaluation(save_examples=2, examples_k=3)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback], default_root_dir=str(tmp_path / "run"))
+    trainer.validate(ComposedRetrieval(backbone="tiny"), datamodule=dm, verbose=False)
+    for name in ("best", "worst"):
+        with Image.open(tmp_path / "run" / "examples" / "val" / f"custom-{name}.png") as image:
+            assert image.width > 3 * 64 and image.height > 2 * 32  # a reference and 3 results, 2 rows
+    assert sorted(p.name for p in (tmp_path / "run" / "examples" / "val").iterdir()) == ["custom-best.png", "custom-worst.png"]

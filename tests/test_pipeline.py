@@ -56,6 +56,9 @@ def test_progressive_chains_the_stages_and_writes_the_run_folder(synth_root: Pat
     assert stages["III"]["fusion"] == "adaptive" and stages["I"]["fusion"] == "fixed"
     iii = stages["III"]["metrics"]
     assert {"synthetic/dress/R@10", "synthetic/avg/R@50", "synthetic/score", "synthetic/avg/w_img"} <= set(iii)
+    # the last stage draws its best- and worst-ranked test queries; the earlier ones draw none
+    assert (run_dir / "stage-III" / "examples" / "test" / "synthetic-dress-worst.png").is_file()
+    assert not (run_dir / "stage-II" / "examples").exists()
     table = (run_dir / "results.md").read_text()
     assert "dress R@10" in table and "w_img" in table and table.count("\n| I") + table.count("\n| II") >= 2
     # A finished run is never overwritten.

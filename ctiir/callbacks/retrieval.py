@@ -16,6 +16,7 @@ weights, whose means are logged as ``w_img`` / ``w_txt``) or a plain (B, D) tens
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from ctiir.callbacks.examples import save_examples
 from ctiir.callbacks.results import Breakdown, EvaluationResult, summarise
 from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
 from ctiir.fusion.base import as_fused
@@ -48,6 +50,10 @@ class RetrievalEvaluation(L.Callback):
         every_n_epochs: during ``fit``, evaluate at the end of every n-th epoch's validation
             (``trainer.validate`` and ``trainer.test`` always evaluate). A checkpoint callback monitoring
             ``val/score`` needs it evaluated at each validation it sees.
+        save_examples: for each composed task, draw the N best- and N worst-ranked queries with their top
+            ``examples_k`` results into ``<trainer.default_root_dir>/examples/<val|test>/<task>-best.png`` and
+            ``-worst.png`` (rewritten at each evaluation, so they show the latest); 0 (default) draws none.
+        examples_k: how many results each row of those pictures shows.
 
     After each evaluation, ``results[prefix]`` (``prefix`` = ``"val"`` or ``"test"``) holds an
     ``EvaluationResult``: structured per protocol and subset (``.protocols``, ``.composed()``), and readable
@@ -62,6 +68,8 @@ class RetrievalEvaluation(L.Callback):
         num_workers: int | None = None,
         chunk_size: int = 1024,
         every_n_epochs: int = 1,
+        save_examples: int = 0,
+        examples_k: int = 5,
     ) -> None:
         super().__init__()
         if isinstance(kinds, str):
@@ -70,13 +78,17 @@ class RetrievalEvaluation(L.Callback):
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"RetrievalEvaluation: {name} must be an int >= {low} or None; got {value!r}")
-        for name, value in (("chunk_size", chunk_size), ("every_n_epochs", every_n_epochs)):
+        for name, value in (("chunk_size", chunk_size), ("every_n_epochs", every_n_epochs), ("examples_k", examples_k)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RetrievalEvaluation: {name} must be a positive int; got {value!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.chunk_size = chunk_size
         self.every_n_epochs = every_n_epochs
+        if isinstance(save_examples, bool) or not isinstance(save_examples, int) or save_examples < 0:
+            raise ValueError(f"RetrievalEvaluation: save_examples must be an int >= 0; got {save_examples!r}")
+        self.save_examples = save_examples
+        self.examples_k = examples_k
         self.results: dict[str, EvaluationResult] = {}
 
     # ------------------------------------------------------------------------------------------ hooks
@@ -137,7 +149,9 @@ class RetrievalEvaluation(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            scored = {task.key: self._evaluate_task(trainer, pl_module, task, batch_size, num_workers) for task in tasks}
+            scored = {
+                task.key: self._evaluate_task(trainer, pl_module, task, batch_size, num_workers, prefix) for task in tasks
+            }
         finally:
             pl_module.train(was_training)
 
@@ -150,7 +164,13 @@ class RetrievalEvaluation(L.Callback):
         return result
 
     def _evaluate_task(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, task: RetrievalTask, batch_size: int, num_workers: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        task: RetrievalTask,
+        batch_size: int,
+        num_workers: int,
+        prefix: Prefix,
     ) -> tuple[dict[str, float], Breakdown]:
         """The task's metrics, and the same metrics per value of each query attribute (``groups``)."""
         device = pl_module.device
@@ -178,6 +198,9 @@ class RetrievalEvaluation(L.Callback):
         per_query_weights = weights.per_query(trainer.world_size > 1)
         out = ranks.recall(task.ks, task.subset_ks)
         out.update(_mean_weights(per_query_weights))
+        if self.save_examples and trainer.is_global_zero and task.evaluation is not None:
+            folder = Path(trainer.default_root_dir) / "examples" / prefix
+            save_examples(folder, task.key, task.evaluation, ranks, per_query_weights, self.save_examples, self.examples_k)
         return out, _breakdown(task, ranks, per_query_weights)
 
     def _loader(self, trainer: L.Trainer, dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:

@@ -240,16 +240,38 @@ class RecallAtK(Metric):
             assert members is not None
             flat = _positions(gid, members.flatten(), qid.repeat_interleave(members.shape[1]), "member id", allow_none=True)
             sranks = subset_ranks(queries, gallery, target, flat.view_as(members), exclude, chunk_size=self.chunk_size)
-        return QueryRanks(qid, ranks, sranks)
+        return QueryRanks(qid, ranks, sranks, queries, gallery, gid, exclude)
 
 
 @dataclass(frozen=True)
 class QueryRanks:
-    """Per-query ranks of the target (0 = first): in the gallery, and within the query's image set."""
+    """Per-query ranks of the target (0 = first): in the gallery, and within the query's image set.
+
+    It also keeps what was ranked (the de-duplicated query embeddings, the gallery sorted by id, the excluded
+    positions), so that a few queries' ranked lists can be shown (:meth:`top`) without encoding again.
+    """
 
     query_ids: torch.Tensor
     ranks: torch.Tensor
     subset_ranks: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    gallery: torch.Tensor | None = None
+    gallery_ids: torch.Tensor | None = None
+    excluded: torch.Tensor | None = None
+
+    def top(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gallery ids, scores)`` of the ``k`` best items for the queries at ``rows``, as ranked: the
+        excluded reference removed. Ties keep gallery-id order."""
+        if self.queries is None or self.gallery is None or self.gallery_ids is None:
+            raise ValueError("these ranks keep no embeddings to rank with")
+        scores = F.normalize(self.queries[rows].float(), dim=-1) @ F.normalize(self.gallery.float(), dim=-1).T
+        if self.excluded is not None:
+            excluded = self.excluded[rows]
+            has = excluded >= 0
+            scores[has.nonzero().flatten(), excluded[has]] = float("-inf")
+        k = min(k, scores.shape[1])
+        order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+        return self.gallery_ids[order], scores.gather(1, order)
 
     def recall(self, ks: Sequence[int], subset_ks: Sequence[int] = (), mask: torch.Tensor | None = None) -> dict[str, float]:
         """``{"R@k": ..., "Rsubset@k": ...}`` in percent, over all queries or those where ``mask`` is true."""
