@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CSVLogger
@@ -222,26 +222,35 @@ def print_summary(results: dict[str, Any]) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="ctiir progressive", description=__doc__, default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config: a file, or a packaged config by name (`ctiir config` lists them)")
+    """``ctiir progressive``'s options: the fields of :class:`PipelineConfig` (the convention: ``ctiir.cliargs``)."""
+    from ctiir.cliargs import command_parser
+
+    parser = command_parser(
+        "progressive", __doc__,
+        config_help="YAML config: a file, or a packaged config by name (`ctiir config` lists them)",
+    )
     parser.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
     parser.add_argument("--skip", type=list[str], default=[], help="stages to skip, e.g. --skip=[I,II]")
     return parser
 
 
 def progressive_main(argv: list[str] | None = None) -> int:
+    from ctiir.cliargs import run_command
     from ctiir.configs import resolve_config_args
 
     parser = build_parser()
-    ns = parser.parse_args(resolve_config_args(sys.argv[1:] if argv is None else argv))
-    skip = tuple(ns.pop("skip"))
-    ns.pop("config", None)
-    cfg = PipelineConfig(**{k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__})
-    cfg.stages = {k: StageConfig(**v) if isinstance(v, dict) else v for k, v in cfg.stages.items()}
-    bad = [s for s in skip if s not in STAGE_ORDER]
-    if bad:
-        parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
-    results = run_progressive(cfg, skip)
-    print_summary(results)
-    print(f"results: {Path(cfg.run_dir) / 'results.md'}")
-    return 0
+
+    def progressive(ns: Any) -> int:
+        skip = tuple(ns.pop("skip"))
+        ns.pop("config", None)
+        cfg = PipelineConfig(**{k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__})
+        cfg.stages = {k: StageConfig(**v) if isinstance(v, dict) else v for k, v in cfg.stages.items()}
+        bad = [s for s in skip if s not in STAGE_ORDER]
+        if bad:
+            parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
+        results = run_progressive(cfg, skip)
+        print_summary(results)
+        print(f"results: {Path(cfg.run_dir) / 'results.md'}")
+        return 0
+
+    return run_command(parser, resolve_config_args(sys.argv[1:] if argv is None else argv), progressive)

@@ -191,7 +191,7 @@ def build_evaluation(
         if key in seen_queries and seen_queries[key].source != q.source:  # one entry may give two alike queries
             raise AnnotationError(
                 f"{q.source or q.name}: this {what} query repeats {seen_queries[key].source or seen_queries[key].name} "
-                "(same reference, target and text); remove one (`ctiir check-data --write-filtered` does)"
+                "(same reference, target and text); remove one (`ctiir check-data --write_filtered` does)"
             )
         seen_queries[key] = q
     listed = None if gallery is None else {g.id for g in gallery}
