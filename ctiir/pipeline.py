@@ -1,17 +1,20 @@
 """``ctiir progressive``: Stage I -> II -> III in one command, each stage starting from the previous best.
 
 A run directory gets, per stage, its checkpoint (``stage-I/best.ckpt`` ...), the stage's resolved config
-(``stage-I/config.yaml``) and its CSV logs; at the end ``results.json`` and ``results.md`` (R@1/R@10/R@50
+(``stage-I/config.yaml``) and its logs (CSV in the stage folder, or the loggers of ``trainer: {logger: ...}``,
+per stage too); at the end ``results.json`` and ``results.md`` (R@1/R@10/R@50
 per category, averages, and the mean adaptive weights). Stages can be skipped for the paper's ablation.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ def run_stage(
 ) -> dict[str, Any]:
     """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint.
 
-    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``config.yaml`` and the CSV logs.
+    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``config.yaml`` and the logs (:func:`stage_loggers`).
     """
     L.seed_everything(cfg.seed, workers=True)
     stage_dir = run_dir / f"stage-{name}"
@@ -81,13 +84,14 @@ def run_stage(
     callbacks: list[Any] = [evaluation, checkpoint]
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
+    trainer_config = {**cfg.trainer, **stage.trainer}
+    logger_spec = trainer_config.pop("logger", True)
     trainer_args = {
-        "logger": CSVLogger(stage_dir, name="", version="logs"),
+        "logger": stage_loggers(logger_spec, stage_dir),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "deterministic": False,
-        **cfg.trainer,
-        **stage.trainer,
+        **trainer_config,
         "max_epochs": stage.max_epochs,
         "max_steps": stage.max_steps,
         "callbacks": callbacks,
@@ -95,7 +99,7 @@ def run_stage(
         "enable_progress_bar": cfg.progress_bar,
     }
     (stage_dir / "config.yaml").write_text(
-        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger")}}, sort_keys=False)
+        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {**{k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger")}, "logger": logger_spec}}, sort_keys=False)
     )
     trainer = L.Trainer(**trainer_args)
     started = time.perf_counter()
@@ -116,6 +120,45 @@ def run_stage(
         "evaluation": tested.to_dict(),  # the same numbers, structured: what the tables read
         "epochs": trainer.current_epoch,
     }
+
+
+LOGGERS_MODULE = "lightning.pytorch.loggers"
+
+
+def stage_loggers(spec: Any, stage_dir: Path) -> Any:
+    """The ``logger`` of a stage's Trainer, from ``trainer: {logger: ...}`` (a stage's own ``trainer`` wins).
+
+    ``true`` (the default): a ``CSVLogger`` writing ``stage_dir/logs``. ``false`` / ``null``: no logger. A
+    Lightning logger's name (``TensorBoardLogger``) or any class path, ``{class_path, init_args}``, or a list of
+    these: those loggers, with ``save_dir`` set to the stage folder when the class takes one and the config
+    does not give it, so that each stage logs under its own folder. Anything else is an error naming the key.
+    """
+    if spec is True:
+        return CSVLogger(stage_dir, name="", version="logs")
+    if spec is False or spec is None:
+        return False
+    if isinstance(spec, list):
+        return [stage_loggers(item, stage_dir) for item in spec]
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str) or set(spec) - {"class_path", "init_args"}:
+        raise ValueError(
+            f"trainer.logger: expected true, false, a logger class (name or class path), {{class_path, init_args}} "
+            f"or a list of these; got {spec!r:.200}"
+        )
+    class_path = spec["class_path"] if "." in spec["class_path"] else f"{LOGGERS_MODULE}.{spec['class_path']}"
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"trainer.logger: cannot import {class_path!r} ({err})") from err
+    init_args = dict(spec.get("init_args") or {})
+    if "save_dir" in inspect.signature(cls).parameters and "save_dir" not in init_args:
+        init_args["save_dir"] = str(stage_dir)
+    try:
+        return cls(**init_args)
+    except (TypeError, ModuleNotFoundError) as err:  # a wrong argument, or the logger's package not installed
+        raise ValueError(f"trainer.logger: cannot create {class_path}: {err}") from err
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import math
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.parsing import AttributeDict
 from transformers import get_cosine_schedule_with_warmup
 
 from ctiir.backbones import Backbone, build_backbone
@@ -185,6 +187,19 @@ class CTIIRStage(L.LightningModule):
             self.load_stage_weights(init_from)
             self.hparams["initialized_from"] = str(init_from)
             self.hparams["init_from"] = None
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What Lightning's loggers record: the hyperparameters as the checkpoint stores them.
+
+        Lightning logs ``hparams_initial`` at the start of ``fit`` (after ``setup``). Its own snapshot is taken
+        inside ``save_hyperparameters``, before this stage resolves its backbone and fusion, so runs would be
+        logged without them (and under LightningCLI with the fusion as given, not as built). This is the
+        stage's ``hparams`` instead: the backbone spec, the fusion config (sizes resolved), the preprocessing
+        the datamodule served and the checkpoint it started from, so TensorBoard, W&B or a CSV ``hparams.yaml``
+        tell runs apart.
+        """
+        return AttributeDict(copy.deepcopy(dict(self.hparams)))
 
     # ------------------------------------------------------------------ data and preprocessing
     def data_request(self, inference: bool = False) -> DataRequest:
