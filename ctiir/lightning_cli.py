@@ -18,15 +18,10 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from ctiir.callbacks import RetrievalEvaluation
+from ctiir.cliargs import compact_parser_message
 from ctiir.datamodules.base import CTIIRDataModule
 from ctiir.stages.base import CTIIRStage
 
-# Lines of jsonargparse's union-type reports that never hold the cause: the Optional alternative that the
-# user did not mean, the list of subtypes, the type of the value.
-_NOISE = re.compile(
-    r"^\s*(- Expected a <class 'NoneType'>|Subtypes: .*|Given value type: .*|Errors:"
-    r"|Does not validate against any of the Union subtypes)\s*$"
-)
 _CLASS_PATH = re.compile(r"class_path[ =]'([^']+)'")
 
 
@@ -35,18 +30,6 @@ class ConfigError(Exception):
 
     The message is the cause in a few lines; the original exception is ``__cause__``.
     """
-
-
-def compact_parser_message(message: str) -> str:
-    """jsonargparse's parse error without the lines that never hold the cause, and without repeats."""
-    seen: set[str] = set()
-    lines = []
-    for line in message.splitlines():
-        if _NOISE.match(line) or (line.strip() and line in seen):
-            continue
-        seen.add(line)
-        lines.append(line)
-    return "\n".join(lines).strip()
 
 
 def _chain(err: BaseException) -> list[BaseException]:

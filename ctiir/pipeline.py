@@ -1,23 +1,26 @@
 """``ctiir progressive``: Stage I -> II -> III in one command, each stage starting from the previous best.
 
 A run directory gets, per stage, its checkpoint (``stage-I/best.ckpt`` ...), the stage's resolved config
-(``stage-I/config.yaml``) and its CSV logs; at the end ``results.json`` and ``results.md`` (R@1/R@10/R@50
+(``stage-I/config.yaml``) and its logs (CSV in the stage folder, or the loggers of ``trainer: {logger: ...}``,
+per stage too); at the end ``results.json`` and ``results.md`` (R@1/R@10/R@50
 per category, averages, and the mean adaptive weights). Stages can be skipped for the paper's ablation.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CSVLogger
@@ -65,7 +68,7 @@ def run_stage(
 ) -> dict[str, Any]:
     """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint.
 
-    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``config.yaml`` and the CSV logs.
+    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``config.yaml`` and the logs (:func:`stage_loggers`).
     """
     L.seed_everything(cfg.seed, workers=True)
     stage_dir = run_dir / f"stage-{name}"
@@ -84,13 +87,14 @@ def run_stage(
     callbacks: list[Any] = [evaluation, checkpoint]
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
+    trainer_config = {**cfg.trainer, **stage.trainer}
+    logger_spec = trainer_config.pop("logger", True)
     trainer_args = {
-        "logger": CSVLogger(stage_dir, name="", version="logs"),
+        "logger": stage_loggers(logger_spec, stage_dir),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "deterministic": False,
-        **cfg.trainer,
-        **stage.trainer,
+        **trainer_config,
         "max_epochs": stage.max_epochs,
         "max_steps": stage.max_steps,
         "callbacks": callbacks,
@@ -98,7 +102,7 @@ def run_stage(
         "enable_progress_bar": cfg.progress_bar,
     }
     (stage_dir / "config.yaml").write_text(
-        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger")}}, sort_keys=False)
+        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {**{k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger")}, "logger": logger_spec}}, sort_keys=False)
     )
     trainer = L.Trainer(**trainer_args)
     started = time.perf_counter()
@@ -119,6 +123,45 @@ def run_stage(
         "evaluation": tested.to_dict(),  # the same numbers, structured: what the tables read
         "epochs": trainer.current_epoch,
     }
+
+
+LOGGERS_MODULE = "lightning.pytorch.loggers"
+
+
+def stage_loggers(spec: Any, stage_dir: Path) -> Any:
+    """The ``logger`` of a stage's Trainer, from ``trainer: {logger: ...}`` (a stage's own ``trainer`` wins).
+
+    ``true`` (the default): a ``CSVLogger`` writing ``stage_dir/logs``. ``false`` / ``null``: no logger. A
+    Lightning logger's name (``TensorBoardLogger``) or any class path, ``{class_path, init_args}``, or a list of
+    these: those loggers, with ``save_dir`` set to the stage folder when the class takes one and the config
+    does not give it, so that each stage logs under its own folder. Anything else is an error naming the key.
+    """
+    if spec is True:
+        return CSVLogger(stage_dir, name="", version="logs")
+    if spec is False or spec is None:
+        return False
+    if isinstance(spec, list):
+        return [stage_loggers(item, stage_dir) for item in spec]
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str) or set(spec) - {"class_path", "init_args"}:
+        raise ValueError(
+            f"trainer.logger: expected true, false, a logger class (name or class path), {{class_path, init_args}} "
+            f"or a list of these; got {spec!r:.200}"
+        )
+    class_path = spec["class_path"] if "." in spec["class_path"] else f"{LOGGERS_MODULE}.{spec['class_path']}"
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"trainer.logger: cannot import {class_path!r} ({err})") from err
+    init_args = dict(spec.get("init_args") or {})
+    if "save_dir" in inspect.signature(cls).parameters and "save_dir" not in init_args:
+        init_args["save_dir"] = str(stage_dir)
+    try:
+        return cls(**init_args)
+    except (TypeError, ModuleNotFoundError) as err:  # a wrong argument, or the logger's package not installed
+        raise ValueError(f"trainer.logger: cannot create {class_path}: {err}") from err
 
 
 def _plain(value: Any) -> Any:
@@ -226,26 +269,35 @@ def print_summary(results: dict[str, Any]) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="ctiir progressive", description=__doc__, default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config: a file, or a packaged config by name (`ctiir config` lists them)")
+    """``ctiir progressive``'s options: the fields of :class:`PipelineConfig` (the convention: ``ctiir.cliargs``)."""
+    from ctiir.cliargs import command_parser
+
+    parser = command_parser(
+        "progressive", __doc__,
+        config_help="YAML config: a file, or a packaged config by name (`ctiir config` lists them)",
+    )
     parser.add_class_arguments(PipelineConfig, nested_key=None, as_group=False)
     parser.add_argument("--skip", type=list[str], default=[], help="stages to skip, e.g. --skip=[I,II]")
     return parser
 
 
 def progressive_main(argv: list[str] | None = None) -> int:
+    from ctiir.cliargs import run_command
     from ctiir.configs import resolve_config_args
 
     parser = build_parser()
-    ns = parser.parse_args(resolve_config_args(sys.argv[1:] if argv is None else argv))
-    skip = tuple(ns.pop("skip"))
-    ns.pop("config", None)
-    cfg = PipelineConfig(**{k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__})
-    cfg.stages = {k: StageConfig(**v) if isinstance(v, dict) else v for k, v in cfg.stages.items()}
-    bad = [s for s in skip if s not in STAGE_ORDER]
-    if bad:
-        parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
-    results = run_progressive(cfg, skip)
-    print_summary(results)
-    print(f"results: {Path(cfg.run_dir) / 'results.md'}")
-    return 0
+
+    def progressive(ns: Any) -> int:
+        skip = tuple(ns.pop("skip"))
+        ns.pop("config", None)
+        cfg = PipelineConfig(**{k: v for k, v in ns.as_dict().items() if k in PipelineConfig.__dataclass_fields__})
+        cfg.stages = {k: StageConfig(**v) if isinstance(v, dict) else v for k, v in cfg.stages.items()}
+        bad = [s for s in skip if s not in STAGE_ORDER]
+        if bad:
+            parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
+        results = run_progressive(cfg, skip)
+        print_summary(results)
+        print(f"results: {Path(cfg.run_dir) / 'results.md'}")
+        return 0
+
+    return run_command(parser, resolve_config_args(sys.argv[1:] if argv is None else argv), progressive)

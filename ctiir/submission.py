@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ctiir.datamodules.tasks import collate_retrieval
 from ctiir.fusion.base import as_fused
+from ctiir.progress import encoding_progress
 
 VERSION = "rc2"
 LENGTHS = {"recall": 50, "recall_subset": 3}
@@ -240,7 +241,14 @@ def _device(module: Any) -> torch.device:
 
 
 def _encode(
-    encode: Any, dataset: Any, batch_size: int, num_workers: int, id_key: str, device: torch.device
+    encode: Any,
+    dataset: Any,
+    batch_size: int,
+    num_workers: int,
+    id_key: str,
+    device: torch.device,
+    progress: bool = False,
+    what: str = "encoding",
 ) -> torch.Tensor:
     """Embeddings of every dataset item, in id order (whatever order the loader yields them)."""
     loader = DataLoader(
@@ -248,10 +256,12 @@ def _encode(
     )
     ids: list[torch.Tensor] = []
     embs: list[torch.Tensor] = []
-    for batch in loader:
-        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        ids.append(batch[id_key].cpu())
-        embs.append(as_fused(encode(moved)).query.float().cpu())
+    with encoding_progress(what, len(dataset), enabled=progress) as advance:
+        for batch in loader:
+            moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            ids.append(batch[id_key].cpu())
+            embs.append(as_fused(encode(moved)).query.float().cpu())
+            advance(len(ids[-1]))
     order = torch.cat(ids)
     if not torch.equal(order.sort().values, torch.arange(len(dataset))):
         raise RuntimeError(f"{id_key}s are not 0..{len(dataset) - 1}: the dataset is not a ctiir retrieval dataset")
@@ -267,8 +277,12 @@ def predict_cirr_submission(
     name: str = "ctiir",
     split: str = "test",
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Encode the split's gallery and queries with ``module`` and write both submission files.
+
+    Encoding runs on the module's device (move it first: ``ctiir cirr-submission --device``); ``progress``
+    shows a bar per pass.
 
     ``module`` provides ``encode_gallery(batch)`` and ``encode_query(batch)`` on ``collate_retrieval``
     batches; ``datamodule`` is a ``CIRRDataModule``. A ctiir stage serves the datamodule in inference mode,
@@ -296,9 +310,13 @@ def predict_cirr_submission(
     try:
         with torch.no_grad():
             gallery = _encode(
-                module.encode_gallery, task.gallery, batch_size, datamodule.num_workers, "gallery_id", device
+                module.encode_gallery, task.gallery, batch_size, datamodule.num_workers, "gallery_id", device,
+                progress, f"{split} gallery",
             )
-            queries = _encode(module.encode_query, task.queries, batch_size, datamodule.num_workers, "query_id", device)
+            queries = _encode(
+                module.encode_query, task.queries, batch_size, datamodule.num_workers, "query_id", device,
+                progress, f"{split} queries",
+            )
     finally:
         if was_training and hasattr(module, "train"):
             module.train()

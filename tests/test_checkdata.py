@@ -66,7 +66,7 @@ def write_dataset(root: Path, faults: bool) -> Path:
 
 def run(*args: str | Path) -> int:
     return check_data_main(
-        ["--dataset", "fashioniq", "--categories", "dress", "--no-progress", "--workers", "2", *map(str, args)]
+        ["--dataset=fashioniq", "--categories=[dress]", "--progress_bar=false", "--workers=2", *map(str, args)]
     )
 
 
@@ -140,7 +140,7 @@ def test_missing_image_folder_is_reported(tmp_path: Path) -> None:
     for image in (root / "images").iterdir():
         image.unlink()
     (root / "images").rmdir()
-    assert run("--root", root, "--splits", "val", "--json", tmp_path / "r.json") == 1
+    assert run("--root", root, "--splits=[val]", "--json", tmp_path / "r.json") == 1
     found = problems_of(json.loads((tmp_path / "r.json").read_text()))
     assert len(found["missing-folder"]) == 1 and len(found["missing-image"]) == 5
 
@@ -148,13 +148,13 @@ def test_missing_image_folder_is_reported(tmp_path: Path) -> None:
 def test_write_filtered_copy_passes_and_is_usable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_dataset(tmp_path / "data", faults=True)
     out = tmp_path / "filtered"
-    assert run("--root", root, "--write-filtered", out) == 1  # the source still has problems
+    assert run("--root", root, "--write_filtered", out) == 1  # the source still has problems
     assert json.loads((out / "image_splits" / "split.dress.val.json").read_text()) == ["g1", "g2", "g3", "g4", "j1"]
     kept = json.loads((out / "captions" / "cap.dress.val.json").read_text())
     assert kept == [entry("g1", "g2"), entry("g4", "j1")]
     assert "annotations_root" in capsys.readouterr().out
     # the copy, with the original images, is clean apart from the corrupt files no entry uses any more
-    assert run("--root", root, "--annotations-root", out) == 0
+    assert run("--root", root, "--annotations_root", out) == 0
     dm = FashionIQDataModule(root=str(root), annotations_root=str(out), categories=["dress"])
     dm.set_transforms(T.ToTensor(), T.ToTensor())
     (task,) = dm.composed_tasks("val")
@@ -167,21 +167,21 @@ def test_write_filtered_refuses_to_overwrite_or_write_into_the_source(
 ) -> None:
     root = write_dataset(tmp_path / "data", faults=True)
     out = tmp_path / "filtered"
-    assert run("--root", root, "--write-filtered", out) == 1
+    assert run("--root", root, "--write_filtered", out) == 1
     before = {p: p.read_bytes() for p in out.rglob("*.json")}
     capsys.readouterr()
-    assert run("--root", root, "--write-filtered", out) == 2
+    assert run("--root", root, "--write_filtered", out) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in out.rglob("*.json")} == before
     sources = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert run("--root", root, "--write-filtered", root / "clean") == 2
+    assert run("--root", root, "--write_filtered", root / "clean") == 2
     assert "inside the source root" in capsys.readouterr().err
     assert not (root / "clean").exists() and {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == sources
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_dataset(tmp_path / "data", faults=False)
-    assert run("--root", root, "--categories", "skirt") == 2
+    assert run("--root", root, "--categories=[skirt]") == 2
     assert "skirt" in capsys.readouterr().err
     assert run("--root", tmp_path / "nowhere") == 2
     assert check_data_main(["--dataset", "cifar", "--root", str(root)]) == 2
@@ -196,9 +196,8 @@ def test_real_annotations(shared_data: Path, tmp_path: Path) -> None:
             "fashioniq",
             "--root",
             str(fiq),
-            "--splits",
-            "val",
-            "--no-progress",
+            "--splits=[val]",
+            "--progress_bar=false",
             "--json",
             str(tmp_path / "r.json"),
         ]

@@ -18,7 +18,7 @@ from tests.test_shoes import placeholder_tree, trip, write_shoes
 
 
 def run(dataset: str, *args: str | Path) -> int:
-    return check_data_main(["--dataset", dataset, "--no-progress", "--workers", "2", *map(str, args)])
+    return check_data_main([f"--dataset={dataset}", "--progress_bar=false", "--workers=2", *map(str, args)])
 
 
 def report_of(path: Path) -> tuple[dict, dict[str, list[dict]], dict[tuple[str, str, str], tuple]]:
@@ -64,7 +64,7 @@ def shoes_with_faults(tmp_path: Path) -> tuple[Path, Path]:
 def test_shoes_planted_faults_and_the_filtered_copy_agree_with_the_datamodule(tmp_path: Path) -> None:
     ann, images = shoes_with_faults(tmp_path)
     out = tmp_path / "filtered"
-    code = run("shoes", "--root", images, "--annotations-root", ann, "--json", tmp_path / "r.json", "--write-filtered", out)
+    code = run("shoes", "--root", images, "--annotations_root", ann, "--json", tmp_path / "r.json", "--write_filtered", out)
     assert code == 1
     report, kinds, effects = report_of(tmp_path / "r.json")
     where = {k: sorted(p["where"].split("/")[-1] for p in ps) for k, ps in kinds.items()}
@@ -79,7 +79,7 @@ def test_shoes_planted_faults_and_the_filtered_copy_agree_with_the_datamodule(tm
     assert effects[("eval", "shoes", "queries")] == (5, 2)  # entries 0-4; then 0 and 1
     assert effects[("train", "training", "triplets")] == (1, 1)
     # The filtered copy is clean and the datamodule evaluates exactly what check-data predicted.
-    assert run("shoes", "--root", images, "--annotations-root", out) == 0
+    assert run("shoes", "--root", images, "--annotations_root", out) == 0
     dm = ShoesDataModule(str(images), annotations_root=str(out))
     (evaluation,) = dm.evaluation_sets("test")
     assert (len(evaluation.gallery), len(evaluation.queries)) == (3, 2)
@@ -90,7 +90,7 @@ def test_shoes_real_annotations(shared_data: Path, tmp_path: Path) -> None:
     shoes = shared_data / "shoes"
     empty = tmp_path / "no-images"
     empty.mkdir()
-    assert run("shoes", "--root", empty, "--annotations-root", shoes, "--json", tmp_path / "r.json") == 1
+    assert run("shoes", "--root", empty, "--annotations_root", shoes, "--json", tmp_path / "r.json") == 1
     report, kinds, effects = report_of(tmp_path / "r.json")
     assert set(kinds) == {"missing-image"}  # the annotations themselves are sound
     assert effects[("eval", "shoes", "gallery")] == (4_658, 0)
@@ -114,7 +114,7 @@ def cirr_with_faults(tmp_path: Path) -> Path:
 def test_cirr_planted_faults_and_the_filtered_copy_agree_with_the_datamodule(tmp_path: Path) -> None:
     root = cirr_with_faults(tmp_path / "data")
     out = tmp_path / "filtered"
-    code = run("cirr", "--root", root, "--splits", "val", "--json", tmp_path / "r.json", "--write-filtered", out)
+    code = run("cirr", "--root", root, "--splits=[val]", "--json", tmp_path / "r.json", "--write_filtered", out)
     assert code == 1
     report, kinds, effects = report_of(tmp_path / "r.json")
     where = {k: sorted(p["where"].split("/")[-1] for p in ps) for k, ps in kinds.items()}
@@ -126,7 +126,7 @@ def test_cirr_planted_faults_and_the_filtered_copy_agree_with_the_datamodule(tmp
     assert effects[("val", "cirr", "gallery")] == (12, 10)
     # 13 entries; 11 valid and unique; set 1's queries all lose a member image: 5 of set 0 remain
     assert effects[("val", "cirr", "queries")] == (13, 5)
-    assert run("cirr", "--root", root, "--annotations-root", out, "--splits", "val") == 0
+    assert run("cirr", "--root", root, "--annotations_root", out, "--splits=[val]") == 0
     (evaluation,) = CIRRDataModule(str(root), annotations_root=str(out)).evaluation_sets("val")
     assert (len(evaluation.gallery), len(evaluation.queries)) == (10, 5)
 
@@ -135,7 +135,7 @@ def test_cirr_sample_is_clean_with_its_images(shared_data: Path, tmp_path: Path)
     sample = shared_data / "cirr-sample"
     split_map = json.loads((sample / "image_splits" / "split.rc2.val.json").read_text())
     placeholder_images(tmp_path / "img_raw", split_map)
-    args = ["--root", tmp_path, "--annotations-root", sample, "--image-root", tmp_path / "img_raw", "--splits", "val"]
+    args = ["--root", tmp_path, "--annotations_root", sample, "--image_root", tmp_path / "img_raw", "--splits=[val]"]
     assert run("cirr", *args, "--json", tmp_path / "r.json") == 0
     report, kinds, effects = report_of(tmp_path / "r.json")
     assert kinds == {} and effects[("val", "cirr", "gallery")] == (35, 35)
@@ -145,7 +145,7 @@ def test_cirr_sample_is_clean_with_its_images(shared_data: Path, tmp_path: Path)
 def test_json_report_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = cirr_with_faults(tmp_path / "data")
     (tmp_path / "r.json").write_text("keep me")
-    assert run("cirr", "--root", root, "--splits", "val", "--json", tmp_path / "r.json") == 2
+    assert run("cirr", "--root", root, "--splits=[val]", "--json", tmp_path / "r.json") == 2
     assert "refusing to overwrite" in capsys.readouterr().err and (tmp_path / "r.json").read_text() == "keep me"
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
@@ -154,6 +154,6 @@ def test_a_decoded_image_is_needed_not_just_a_file(tmp_path: Path) -> None:
     """A placeholder that exists but is not an image is a corrupt image, not a present one."""
     root = cirr_with_faults(tmp_path / "data")
     Image.new("RGB", (2, 2)).save(root / "dev" / "dev-1-4-img0.png")  # repair the corrupt one
-    run("cirr", "--root", root, "--splits", "val", "--json", tmp_path / "r.json")
+    run("cirr", "--root", root, "--splits=[val]", "--json", tmp_path / "r.json")
     _, kinds, _ = report_of(tmp_path / "r.json")
     assert "corrupt-image" not in kinds and len(kinds["missing-image"]) == 1

@@ -45,10 +45,12 @@ def test_unknown_command_is_a_clear_error(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_help_and_own_commands_do_not_import_lightning(tmp_path: Path) -> None:
-    """`ctiir --help` answers without importing Lightning or torch (that import took 37-55 s on a loaded machine)."""
+    """`ctiir --help`, `ctiir synth --help` and `ctiir cirr-submission --help` answer without importing Lightning or
+    torch (that import took 37-55 s on a loaded machine)."""
     script = (
         "import sys; from ctiir.cli import main; main(['--help']); main(['config'])\n"
-        "try:\n    main(['synth', '--help'])\nexcept SystemExit:\n    pass\n"
+        "for command in ('synth', 'cirr-submission'):\n"
+        "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
         "print('MODULES', 'lightning' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -166,7 +168,7 @@ def test_fit_runs_a_stage_from_yaml_with_a_class_path_fusion(tmp_path: Path, cap
 
 
 def test_synth_subcommand_writes_the_benchmark(tmp_path: Path) -> None:
-    assert main(["synth", "--out", str(tmp_path / "s"), "--seed", "3", "--size", "tiny", "--quiet"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "s"), "--seed=3", "--size=tiny", "--progress_bar=false"]) == 0
     assert (tmp_path / "s" / "captions" / "cap.dress.train.json").is_file()
 
 
@@ -237,3 +239,26 @@ def test_offline_hub_tag_is_a_short_error(capsys: pytest.CaptureFixture[str], tm
 def test_missing_logger_package_is_a_short_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     err = _short_error(capsys, ["fit", "-c", "stage3", f"--data.root={tmp_path}", "--trainer.logger=WandbLogger"])
     assert "could not create lightning.pytorch.loggers.WandbLogger" in err and "wandb" in err
+
+
+def test_fit_on_a_synthetic_root_of_another_size_names_the_flag_that_uses_it(tmp_path: Path) -> None:
+    """`ctiir synth --size tiny` then `ctiir fit -c stage3`: the message names --data.init_args.size=tiny, not
+    an --overwrite that fit does not have."""
+    from ctiir.datamodules.synthetic import SyntheticOutputError, generate
+
+    root = generate(tmp_path / "synth", seed=0, size="tiny")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(SyntheticOutputError) as info:
+        main(["fit", "-c", "stage3", f"--data.init_args.root={root}", "--trainer.fast_dev_run=true",
+              f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false"])
+    message = str(info.value)
+    assert f"{root} holds the synthetic benchmark with seed=0, size='tiny'" in message
+    assert "asks for size='default'" in message
+    assert "--data.init_args.size=tiny" in message and "--data.size=tiny" in message
+    assert "(--overwrite)" not in message and f"ctiir synth --out {root} --seed 0 --size default --overwrite=true" in message
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before, "the dataset there is left alone"
+
+    from ctiir.datamodules import SyntheticDataModule
+
+    with pytest.raises(SyntheticOutputError, match=r"--data.init_args.synth_seed=0.*synth_seed=0\)"):
+        SyntheticDataModule(root=str(root), size="tiny", synth_seed=3).prepare_data()

@@ -15,13 +15,14 @@ from ctiir.datamodules import (
     CTIIRDataModule,
     CustomDataModule,
     FashionIQDataModule,
+    HFTripletDataModule,
     ShoesDataModule,
     SyntheticDataModule,
 )
 
 BASE = [p for p in inspect.signature(CTIIRDataModule.__init__).parameters if p != "self"]
 NOT_BASE = {"self", "kwargs"}
-MODULES = [CIRRDataModule, CustomDataModule, FashionIQDataModule, ShoesDataModule, SyntheticDataModule]
+MODULES = [CIRRDataModule, CustomDataModule, FashionIQDataModule, HFTripletDataModule, ShoesDataModule, SyntheticDataModule]
 
 
 @pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
@@ -34,7 +35,10 @@ def test_the_cli_lists_and_passes_every_base_argument(cls: type, tmp_path: Path)
               "on_missing": "skip", "train_text_mode": "first", "eval_batch_size": 5, "max_val_queries": 7, "seed": 11,
               "breakdown": ("caption_length",)}
     assert set(chosen) == set(BASE)
-    required = {"root": str(tmp_path), **({"triplets": "t.jsonl"} if cls is CustomDataModule else {})}
+    required = (
+        {"triplets": str(tmp_path / "saved")} if cls is HFTripletDataModule
+        else {"root": str(tmp_path), **({"triplets": "t.jsonl"} if cls is CustomDataModule else {})}
+    )
     class_path = f"{cls.__module__}.{cls.__name__}"
     defaults = parser.parse_args(["--data", json.dumps({"class_path": class_path, "init_args": required})])
     assert set(BASE) <= set(defaults.data.init_args.as_dict()), "a base argument is missing from the CLI"

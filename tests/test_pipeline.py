@@ -77,6 +77,6 @@ def test_skipped_stages_start_stage_three_from_scratch(synth_root: Path, tmp_pat
     assert "initialized_from" not in hp
 
 
-def test_unknown_stage_names_are_errors(synth_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        progressive_main(["--config", str(write_config(tmp_path, synth_root, tmp_path / "r")), "--skip=[IV]"])
+def test_unknown_stage_names_are_errors(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert progressive_main(["--config", str(write_config(tmp_path, synth_root, tmp_path / "r")), "--skip=[IV]"]) == 2
+    assert "--skip: unknown stage(s) ['IV']" in capsys.readouterr().err

@@ -268,7 +268,8 @@ def test_cirr_submission_command_from_a_stage_three_checkpoint(tmp_path: Path) -
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(ComposedRetrieval(backbone="tiny", fusion="gated"))
     trainer.save_checkpoint(ckpt)
-    args = ["cirr-submission", "--ckpt", str(ckpt), "--root", str(tmp_path), "--image-root", str(tmp_path / "img_raw"), "--out", str(tmp_path / "sub")]
+    args = ["cirr-submission", "--ckpt", str(ckpt), "--root", str(tmp_path), "--image_root", str(tmp_path / "img_raw"),
+            "--out", str(tmp_path / "sub"), "--device=auto", "--progress_bar=false"]
     assert main(args) == 0
     files = sorted((tmp_path / "sub").glob("*.json"))
     assert len(files) == 2
@@ -280,3 +281,25 @@ def test_cirr_submission_command_from_a_stage_three_checkpoint(tmp_path: Path) -
     before = [p.read_bytes() for p in files]
     assert main(args) == 1, "a second run must refuse, not overwrite"
     assert [p.read_bytes() for p in files] == before
+
+
+def test_cirr_submission_command_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint that is not there, or a device that is not, is a usage error (2) in a few lines."""
+    import torch
+
+    from ctiir.cli import main
+
+    base = ["cirr-submission", "--root", str(tmp_path), "--out", str(tmp_path / "sub")]
+    assert main([*base, "--ckpt", str(tmp_path / "none.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "none.ckpt not found" in err and "Traceback" not in err and len(err.splitlines()) <= 3
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"")
+    assert main([*base, "--ckpt", str(ckpt), "--device=tpu"]) == 2
+    assert "--device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--ckpt", str(ckpt), "--device=cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert main([*base, "--ckpt", str(ckpt), "--image-root", str(tmp_path)]) == 2, "one spelling: --image_root"
+    assert "--image-root" in capsys.readouterr().err
+    assert not (tmp_path / "sub").exists()

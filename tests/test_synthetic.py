@@ -343,13 +343,13 @@ def test_bad_arguments() -> None:
 # --------------------------------------------------------------------------------------------- CLI
 def test_cli_writes_dataset_and_reports_conflicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    assert synth_main(["--out", str(out), "--seed", "3", "--size", "tiny", "--quiet"]) == 0
+    assert synth_main(["--out", str(out), "--seed=3", "--size=tiny", "--progress_bar=false"]) == 0
     meta = load(out, META_FILE)
     assert (meta["seed"], meta["size"]) == (3, "tiny")
     assert str(out) in capsys.readouterr().out
-    assert synth_main(["--out", str(out), "--seed", "4", "--size", "tiny", "--quiet"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert synth_main(["--out", str(out), "--seed", "4", "--size", "tiny", "--quiet", "--overwrite"]) == 0
+    assert synth_main(["--out", str(out), "--seed=4", "--size=tiny", "--progress_bar=false"]) == 2
+    assert "--overwrite=true" in capsys.readouterr().err
+    assert synth_main(["--out", str(out), "--seed=4", "--size=tiny", "--progress_bar=false", "--overwrite=true"]) == 0
     assert load(out, META_FILE)["seed"] == 4
-    with pytest.raises(SystemExit):
-        synth_main(["--out", str(out), "--size", "enormous"])
+    assert synth_main(["--out", str(out), "--size=enormous"]) == 2
+    assert "enormous" in capsys.readouterr().err

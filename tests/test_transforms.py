@@ -13,7 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ctiir.datamodules.transforms import CLIP_MEAN, CLIP_STD, TargetPad, targetpad_transform
+from ctiir.datamodules.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Preprocessing,
+    TargetPad,
+    build_transforms,
+    targetpad_transform,
+)
 
 WHITE = (255, 255, 255)
 
@@ -73,3 +80,65 @@ def test_targetpad_transform_shape_and_padding_value(size: tuple[int, int]) -> N
         # the top row lies in the zero padding (after resize and center crop): normalised black
         assert torch.allclose(out[:, 0, 16], -mean / std, atol=1e-4)
     assert torch.allclose(out[:, 16, 16], (1 - mean) / std, atol=1e-2)  # the centre is the white image
+
+
+# ---------------------------------------------------------------------------------------------- the backbone's pixels
+def picture(w: int, h: int) -> Image.Image:
+    """A non-uniform image, so that normalisation and resampling both show in the output."""
+    g = torch.Generator().manual_seed(w * 1000 + h)
+    return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy())
+
+
+SIGLIP_LIKE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("tiny", {}),
+        ("tiny", {"preprocess_cfg": SIGLIP_LIKE}),
+        ("hf-clip", {"preprocess_cfg": {"mean": [0.4, 0.45, 0.5], "std": [0.2, 0.25, 0.3], "interpolation": "bilinear"}}),
+    ],
+    ids=["tiny-openai", "tiny-siglip-like", "hf-clip-custom"],
+)
+def test_targetpad_normalises_and_resamples_as_the_backbone_does(name: str, kwargs: dict) -> None:
+    """On an image TargetPad leaves alone (closer to square than the ratio), TargetPad's pipeline is the
+    backbone's own evaluation transform: the same resize filter, crop and mean/std."""
+    from ctiir.backbones import build_backbone
+    from ctiir.backbones.registry import BACKBONES
+
+    if name == "hf-clip":
+        kwargs = {**BACKBONES.test_kwargs("hf-clip"), **kwargs}
+    backbone = build_backbone(name, **kwargs)
+    size = backbone.image_size
+    train, evaluation = build_transforms(backbone, Preprocessing("targetpad", size, 1.25))
+    image = picture(size + 13, size + 7)  # not square, not padded, and resized by the backbone
+    own = backbone.eval_transform(image)
+    assert torch.allclose(evaluation(image), own, atol=1e-5)
+    expected = kwargs.get("preprocess_cfg", {"mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic"})
+    assert backbone.pixels.mean == pytest.approx(expected["mean"]) and backbone.pixels.std == pytest.approx(expected["std"])
+    assert backbone.pixels.interpolation == expected["interpolation"]
+    # A padded image: the padding is black in the backbone's normalisation.
+    padded = evaluation(picture(3 * size, size))
+    black = -torch.tensor(backbone.pixels.mean) / torch.tensor(backbone.pixels.std)
+    assert torch.allclose(padded[:, 0, size // 2], black, atol=1e-4)
+
+
+def test_targetpad_needs_a_backbone_that_says_how_it_normalises() -> None:
+    class Bare:
+        image_size = 32
+
+    with pytest.raises(ValueError, match="Bare does not say how it normalises"):
+        build_transforms(Bare(), Preprocessing("targetpad", 32, 1.25))
+
+
+def test_pixel_config_checks_its_values() -> None:
+    from ctiir.backbones import PixelConfig
+
+    assert PixelConfig.of([0.5] * 3, [0.5] * 3, "bilinear", "here").interpolation_mode.value == "bilinear"
+    with pytest.raises(ValueError, match="here: std must be positive"):
+        PixelConfig.of([0.5] * 3, [0.5, 0.0, 0.5], "bicubic", "here")
+    with pytest.raises(ValueError, match="here: mean must be three"):
+        PixelConfig.of([0.5] * 4, [0.5] * 3, "bicubic", "here")
+    with pytest.raises(ValueError, match="here: unknown interpolation 'cubic'"):
+        PixelConfig.of([0.5] * 3, [0.5] * 3, "cubic", "here")

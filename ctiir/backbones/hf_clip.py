@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision import transforms as T
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from ctiir.backbones.base import Backbone
+from ctiir.backbones.base import Backbone, PixelConfig
 from ctiir.backbones.openclip import CLIP_VOCAB_SIZE, HubOfflineError, check_texts, hub_is_offline
 from ctiir.backbones.registry import register_backbone
 
@@ -263,6 +263,9 @@ class HFCLIPBackbone(Backbone):
             image_size = int(image_size[0])
         self.image_size = image_size
         self.train_transform, self.eval_transform = build_transforms(preprocess_cfg)
+        self.pixels = PixelConfig.of(
+            preprocess_cfg["mean"], preprocess_cfg["std"], preprocess_cfg["interpolation"], "hf-clip preprocess_cfg"
+        )
         self.init_logit_scale = float(model.logit_scale.detach())
         model.logit_scale.requires_grad_(False)
 

@@ -31,7 +31,7 @@ from open_clip.pretrained import download_pretrained_from_hf
 from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-from ctiir.backbones.base import Backbone
+from ctiir.backbones.base import Backbone, PixelConfig
 from ctiir.backbones.registry import register_backbone
 
 log = logging.getLogger(__name__)
@@ -324,6 +324,11 @@ class OpenCLIPBackbone(Backbone):
         self.image_size = _square_size(preprocess.size, f"open_clip backbone {spec['name']}")
         self.train_transform = image_transform_v2(preprocess, is_train=True)
         self.eval_transform = image_transform_v2(preprocess, is_train=False)
+        # open_clip resizes with bilinear for "bilinear" and bicubic otherwise ("random" only varies training).
+        self.pixels = PixelConfig.of(
+            preprocess.mean, preprocess.std, "bilinear" if preprocess.interpolation == "bilinear" else "bicubic",
+            f"open_clip backbone {spec['name']} preprocess_cfg",
+        )
         self.init_logit_scale = float(model.logit_scale.detach().reshape(-1)[0])
         model.logit_scale.requires_grad_(False)
         if getattr(model, "logit_bias", None) is not None:

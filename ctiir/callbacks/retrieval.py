@@ -6,7 +6,8 @@ validation (or test) epoch this callback encodes each task's gallery and queries
 exact ``RecallAtK`` metric, and logs protocol-tagged keys (``val/fashioniq-original/dress/R@10``).
 
 Under DDP each rank encodes one ``DistributedSampler`` shard; ``RecallAtK`` gathers the shards and drops
-the sampler's padding repeats, so the logged numbers are the exact global ones on every rank.
+the sampler's padding repeats, so the logged numbers are the exact global ones on every rank. The encoding
+shows a progress bar on rank 0 when the trainer shows progress (``ctiir.progress``).
 
 The contract with the module: ``encode_gallery(batch)`` returns (B, D) embeddings; ``encode_query(batch)``
 returns a ``ctiir.fusion.Fused`` (the query and, for fusions that weight the modalities, their per-query
@@ -32,6 +33,7 @@ from ctiir.callbacks.results import Breakdown, EvaluationResult, summarise
 from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
 from ctiir.fusion.base import as_fused
 from ctiir.metrics.recall import QueryRanks, RecallAtK
+from ctiir.progress import encoding_progress, trainer_progress
 
 __all__ = ["RetrievalEvaluation", "summarise"]
 
@@ -178,22 +180,29 @@ class RetrievalEvaluation(L.Callback):
             ks=task.ks, subset_ks=task.subset_ks, exclude_reference=task.exclude_reference, chunk_size=self.chunk_size
         ).to(device)
         weights = _WeightMeans(task.key)
+        show, host = trainer_progress(trainer)
+        gallery = self._loader(trainer, task.gallery, batch_size, num_workers)
+        queries = self._loader(trainer, task.queries, batch_size, num_workers)
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            for batch in self._loader(trainer, task.gallery, batch_size, num_workers):
-                ids = batch["gallery_id"]
-                emb = pl_module.encode_gallery(move_data_to_device(batch, device))
-                metric.update_gallery(_checked_embedding(emb, len(ids), task.key, "encode_gallery"), ids)
-            for batch in self._loader(trainer, task.queries, batch_size, num_workers):
-                ids = batch["query_id"]
-                fused = as_fused(pl_module.encode_query(move_data_to_device(batch, device)))
-                metric.update(
-                    _checked_embedding(fused.query, len(ids), task.key, "encode_query"),
-                    ids,
-                    batch["target_id"],
-                    batch.get("reference_id"),
-                    batch.get("member_ids"),
-                )
-                weights.add(fused.weights, ids)
+            with encoding_progress(f"{task.key} gallery", len(gallery.sampler), enabled=show, host=host) as advance:
+                for batch in gallery:
+                    ids = batch["gallery_id"]
+                    emb = pl_module.encode_gallery(move_data_to_device(batch, device))
+                    metric.update_gallery(_checked_embedding(emb, len(ids), task.key, "encode_gallery"), ids)
+                    advance(len(ids))
+            with encoding_progress(f"{task.key} queries", len(queries.sampler), enabled=show, host=host) as advance:
+                for batch in queries:
+                    ids = batch["query_id"]
+                    fused = as_fused(pl_module.encode_query(move_data_to_device(batch, device)))
+                    metric.update(
+                        _checked_embedding(fused.query, len(ids), task.key, "encode_query"),
+                        ids,
+                        batch["target_id"],
+                        batch.get("reference_id"),
+                        batch.get("member_ids"),
+                    )
+                    weights.add(fused.weights, ids)
+                    advance(len(ids))
         ranks = metric.query_ranks()
         per_query_weights = weights.per_query(trainer.world_size > 1)
         out = ranks.recall(task.ks, task.subset_ks)

@@ -4,7 +4,7 @@ A run that dies on image 40,000 of an epoch, or a benchmark number computed on a
 costs more than a scan up front. This command reads every annotation file leniently (a bad entry is a
 reported problem, not a crash), decodes every referenced image, and says what the problems do to the
 evaluation counts: the counts after filtering come from the same protocol builder that training uses.
-``--write-filtered OUT`` writes annotation files without the bad entries, for use with the original images
+``--write_filtered OUT`` writes annotation files without the bad entries, for use with the original images
 through the datamodule's ``annotations_root``.
 
 FashionIQ, Shoes and CIRR are checked (``ctiir.checkdata.fashioniq``, ``.shoes``, ``.cirr``); a new dataset

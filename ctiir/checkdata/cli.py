@@ -2,47 +2,53 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from ctiir.checkdata.core import CHECKS, UsageError, run_check, write_atomic, write_filtered
 from ctiir.checkdata.report import print_report
+from ctiir.cliargs import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, add_progress_bar, command_parser, run_command
 from ctiir.datamodules.errors import DataError
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ctiir check-data",
-        description="Check a dataset's annotations and images; exit 1 if anything is wrong, 0 if clean.",
+
+def build_parser() -> ArgumentParser:
+    """``ctiir check-data``'s options (the convention of every ctiir command: ``ctiir.cliargs``)."""
+    parser = command_parser(
+        "check-data", "Check a dataset's annotations and images; exit 1 if anything is wrong, 0 if clean."
     )
     parser.add_argument("--dataset", required=True, choices=CHECKS.names())
-    parser.add_argument("--root", required=True, help="the dataset folder (images and, by default, the annotations)")
-    parser.add_argument("--annotations-root", default=None, help="read the annotation files from here instead")
-    parser.add_argument("--image-root", default=None, help="CIRR: what the split files' image paths start from")
+    parser.add_argument("--root", type=str, required=True, help="the dataset folder (images and, by default, the annotations)")
+    parser.add_argument("--annotations_root", type=str | None, default=None, help="read the annotation files from here instead")
+    parser.add_argument("--image_root", type=str | None, default=None, help="CIRR: what the split files' image paths start from")
     parser.add_argument(
-        "--categories", "--subsets", dest="subsets", nargs="+", default=None, help="FashionIQ categories (default: all)"
+        "--categories", type=list[str] | None, default=None, help="FashionIQ categories, e.g. --categories=[dress,shirt] (default: all)"
     )
-    parser.add_argument("--splits", nargs="+", default=None, help="default: every split of the dataset")
+    parser.add_argument("--splits", type=list[str] | None, default=None, help="e.g. --splits=[train,val] (default: every split)")
     parser.add_argument(
-        "--write-filtered", metavar="OUT", default=None, help="write annotations without the bad entries"
+        "--write_filtered", type=str | None, default=None, metavar="OUT", help="write annotations without the bad entries"
     )
-    parser.add_argument("--json", metavar="REPORT", default=None, help="also write the full report as JSON (a new file)")
+    parser.add_argument(
+        "--json", type=str | None, default=None, metavar="REPORT", help="also write the full report as JSON (a new file)"
+    )
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-decoding threads")
-    parser.add_argument("--max-rows", type=int, default=50, help="problems shown in the table (all go to --json)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--max_rows", type=int, default=50, help="problems shown in the table (all go to --json)")
+    add_progress_bar(parser, "a progress bar while images are decoded")
     return parser
 
 
 def check_data_main(argv: list[str] | None = None) -> int:
     """``ctiir check-data``: 0 when clean, 1 when problems were found, 2 on a usage error."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    return run_command(build_parser(), argv, check_data)
+
+
+def check_data(args: Namespace) -> int:
     console, errors = Console(), Console(stderr=True)
     try:
         if args.json is not None and Path(args.json).exists():
@@ -52,9 +58,9 @@ def check_data_main(argv: list[str] | None = None) -> int:
             args.root,
             args.annotations_root,
             args.splits,
-            args.subsets,
+            args.categories,
             args.workers,
-            not args.no_progress,
+            args.progress_bar,
             image_root=args.image_root,
         )
         if args.write_filtered is not None:
@@ -63,7 +69,7 @@ def check_data_main(argv: list[str] | None = None) -> int:
             report.filtered = {"written": [str(p) for p in written], "not_written": not_written}
     except (DataError, UsageError) as err:
         errors.print(f"[red]ctiir check-data:[/red] {err}", highlight=False)
-        return 2
+        return EXIT_USAGE
     print_report(report, console, args.max_rows)
     if report.filtered:
         console.print(f"filtered copy: {len(report.filtered['written'])} files written under {args.write_filtered}")
@@ -72,4 +78,4 @@ def check_data_main(argv: list[str] | None = None) -> int:
         console.print(f"use it with: {checker.usage_hint(Path(args.write_filtered))}")
     if args.json is not None:
         write_atomic(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_PROBLEMS

@@ -259,13 +259,13 @@ def write_filtered(out: str | Path, files: dict[str, Any], sources: Sequence[Pat
     for source in sources:
         src = source.resolve()
         if resolved == src or src in resolved.parents:
-            raise UsageError(f"--write-filtered {out} is inside the source root {source}; choose a folder outside it")
+            raise UsageError(f"--write_filtered {out} is inside the source root {source}; choose a folder outside it")
     targets = [out / rel for rel in files]
     existing = [t for t in targets if t.exists()]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise UsageError(
-            f"--write-filtered: {existing[0]} already exists{more}; refusing to overwrite, choose an empty folder"
+            f"--write_filtered: {existing[0]} already exists{more}; refusing to overwrite, choose an empty folder"
         )
     written = []
     for (relative, data), target in zip(files.items(), targets, strict=True):

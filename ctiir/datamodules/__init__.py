@@ -1,4 +1,5 @@
-"""Datamodules: FashionIQ, Shoes, CIRR, custom triplets, and the embedded synthetic benchmark.
+"""Datamodules: FashionIQ, Shoes, CIRR, custom triplets (files or Hugging Face datasets), and the embedded
+synthetic benchmark.
 
 ``ctiir.datamodules.protocol`` holds the evaluation rules that all of them share; ``ctiir.datamodules.request``
 the contract through which a stage asks a datamodule for data.
@@ -22,6 +23,7 @@ _EXPORTS = {
     "EvaluationSet": "protocol",
     "FashionIQDataModule": "fashioniq",
     "GalleryImage": "protocol",
+    "HFTripletDataModule": "hf",
     "Preprocessing": "transforms",
     "RetrievalTask": "tasks",
     "ShoesDataModule": "shoes",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr
     from ctiir.datamodules.cirr import CIRRDataModule  # noqa: F401
     from ctiir.datamodules.custom import CustomDataModule  # noqa: F401
     from ctiir.datamodules.fashioniq import FashionIQDataModule  # noqa: F401
+    from ctiir.datamodules.hf import HFTripletDataModule  # noqa: F401
     from ctiir.datamodules.protocol import ComposedQuery, ComposedSource, EvaluationSet, GalleryImage, build_evaluation  # noqa: F401
     from ctiir.datamodules.request import DataRequest  # noqa: F401
     from ctiir.datamodules.shoes import ShoesDataModule  # noqa: F401

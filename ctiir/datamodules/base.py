@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ctiir.datamodules.images import OnMissing, filter_missing, load_rgb
+from ctiir.datamodules.images import OnMissing, filter_missing, is_file, load_rgb
 from ctiir.datamodules.protocol import (
     IMAGE_TEXT_HEADLINE,
     IMAGE_TEXT_KS,
@@ -193,15 +193,32 @@ class CTIIRDataModule(L.LightningDataModule):
         return self.train_transform, self.eval_transform
 
     # ------------------------------------------------------------------ training datasets
+    # ------------------------------------------------------------------ images (override where they are not files)
+    def load_image(self, path: Path, context: str) -> Any:
+        """The RGB image that a record's ``path`` names; ``context`` says which entry needs it, for errors.
+
+        Records and evaluation sets carry image *paths*. For files (every dataset read from folders) this is
+        ``load_rgb``. A datamodule whose images live elsewhere (``HFTripletDataModule``: rows of a
+        ``datasets.Dataset``) gives its records paths that identify them and overrides this and
+        :meth:`image_present`; every loader, task and protocol rule then works on them unchanged.
+        """
+        return load_rgb(path, context)
+
+    def image_present(self, path: Path) -> bool:
+        """Whether the image at ``path`` exists (the ``on_missing`` rule's test); a regular file by default."""
+        return is_file(path)
+
     def _checked(self, records: Sequence[Any], paths: Callable[[Any], Sequence[Path]], what: str) -> list[Any]:
-        return filter_missing(records, paths, on_missing=self.on_missing, what=f"{self.name} {what}")
+        return filter_missing(
+            records, paths, on_missing=self.on_missing, what=f"{self.name} {what}", is_present=self.image_present
+        )
 
     def image_text_dataset(self, records: Sequence[ImageText], split: str, train: bool) -> Dataset:
         tf = self._require_transforms()[0 if train else 1]
         records = self._checked(records, lambda r: [r.image], f"{split} image-text pairs")
 
         def make(r: ImageText, i: int) -> dict[str, Any]:
-            return {"image": tf(load_rgb(r.image, r.source)), "text": r.text, "image_id": r.image_id}
+            return {"image": tf(self.load_image(r.image, r.source)), "text": r.text, "image_id": r.image_id}
 
         return ListDataset(records, make)
 
@@ -211,8 +228,8 @@ class CTIIRDataModule(L.LightningDataModule):
 
         def make(r: ImagePair, i: int) -> dict[str, Any]:
             return {
-                "image_a": tf(load_rgb(r.a, r.source)),
-                "image_b": tf(load_rgb(r.b, r.source)),
+                "image_a": tf(self.load_image(r.a, r.source)),
+                "image_b": tf(self.load_image(r.b, r.source)),
                 "target_id": r.b_id,
             }
 
@@ -226,8 +243,8 @@ class CTIIRDataModule(L.LightningDataModule):
 
         def make(r: Triplet, i: int) -> dict[str, Any]:
             return {
-                "reference": tf(load_rgb(r.reference, r.source)),
-                "target": tf(load_rgb(r.target, r.source)),
+                "reference": tf(self.load_image(r.reference, r.source)),
+                "target": tf(self.load_image(r.target, r.source)),
                 "text": training_text(r.captions, mode, rng) if train else compose_query_text(r.captions, "clip4cir"),
                 "target_id": r.target_id,
             }
@@ -322,6 +339,7 @@ class CTIIRDataModule(L.LightningDataModule):
                 split,
                 on_missing=self.on_missing,
                 max_queries=self.max_val_queries if limit else None,
+                is_present=self.image_present,
             )
             for source in self.composed_sources(split)
         ]
@@ -367,14 +385,14 @@ class CTIIRDataModule(L.LightningDataModule):
         key, width = evaluation.key, evaluation.member_width
 
         def gallery_item(image: Any, i: int) -> dict[str, Any]:
-            return {"gallery_id": i, "image": tf(load_rgb(image.path, f"{key} gallery image {image.id}"))}
+            return {"gallery_id": i, "image": tf(self.load_image(image.path, f"{key} gallery image {image.id}"))}
 
         def query_item(r: ResolvedQuery, i: int) -> dict[str, Any]:
             q = r.query
             item: dict[str, Any] = {"query_id": i, "target_id": r.target_index, "reference_id": r.excluded_index}
             if width:
                 item["member_ids"] = list(r.member_indices) + [-1] * (width - len(r.member_indices))
-            item["image"] = tf(load_rgb(q.reference, q.source or q.name))
+            item["image"] = tf(self.load_image(q.reference, q.source or q.name))
             item["text"] = q.text
             return item
 
@@ -397,12 +415,13 @@ class CTIIRDataModule(L.LightningDataModule):
     def image_text_tasks(self, records: Sequence[ImageText], protocol: str, split: str) -> list[RetrievalTask]:
         """text->image and image->text tasks over image-caption records (one gallery entry per image)."""
         found = build_image_text_evaluation(
-            records, protocol, split, on_missing=self.on_missing, max_queries=self.max_val_queries
+            records, protocol, split, on_missing=self.on_missing, max_queries=self.max_val_queries,
+            is_present=self.image_present,
         )
         tf = self._require_transforms()[1]
         names = [r.image_id for r in found.images]
         images = ListDataset(
-            found.images, lambda r, i: {"gallery_id": i, "image": tf(load_rgb(r.image, f"{protocol} gallery image {r.image_id}"))}
+            found.images, lambda r, i: {"gallery_id": i, "image": tf(self.load_image(r.image, f"{protocol} gallery image {r.image_id}"))}
         )
         t2i_queries = ListDataset(
             list(zip(found.captions, found.targets, strict=True)),
@@ -411,7 +430,7 @@ class CTIIRDataModule(L.LightningDataModule):
         texts = ListDataset(found.images, lambda r, i: {"gallery_id": i, "text": r.text})
         i2t_queries = ListDataset(
             found.images,
-            lambda r, i: {"query_id": i, "target_id": i, "reference_id": -1, "image": tf(load_rgb(r.image, r.source))},
+            lambda r, i: {"query_id": i, "target_id": i, "reference_id": -1, "image": tf(self.load_image(r.image, r.source))},
         )
         common = dict(ks=IMAGE_TEXT_KS, headline=IMAGE_TEXT_HEADLINE, split=split)
         return [

@@ -7,7 +7,7 @@ Layout (the synthetic benchmark writes the same one)::
     root/images/<id>.png | <id>.jpg            the extension is found per id; a folder may mix them
 
 The annotation files may live apart from the images (``annotations_root``), so that a filtered copy written
-by ``ctiir check-data --write-filtered`` can be used with the original image folder.
+by ``ctiir check-data --write_filtered`` can be used with the original image folder.
 
 The parsing functions at the top are pure and image-free: ``ctiir check-data`` and the tests use them on the
 real annotation files. Official test targets are withheld, so ``"test"`` means the val files everywhere.
@@ -253,7 +253,7 @@ class FashionIQDataModule(CTIIRDataModule):
         exclude_reference: remove the reference image from each ranking (DQU-CIR, ARTEMIS) or keep it
             (CLIP4Cir, the default).
         annotations_root: where ``captions/`` and ``image_splits/`` are (default ``root``), e.g. a filtered
-            copy written by ``ctiir check-data --write-filtered``.
+            copy written by ``ctiir check-data --write_filtered``.
         caption_pairs: Stage I image-caption JSONL/CSV file (relative to ``root`` or absolute).
         descriptions: Stage II product-description JSONL/CSV file (relative to ``root`` or absolute).
         **kwargs: ``CTIIRDataModule``'s arguments (batch size, workers, preprocessing, ``on_missing``, ...).

@@ -77,9 +77,12 @@ def filter_missing(
     on_missing: OnMissing,
     what: str,
     describe: Callable[[R], str] = lambda r: getattr(r, "source", "") or repr(r),
+    is_present: Callable[[Path], bool] = is_file,
 ) -> list[R]:
     """``partition_present`` for training records, logging how many were skipped."""
-    kept, skipped = partition_present(records, paths, on_missing=on_missing, what=what, describe=describe)
+    kept, skipped = partition_present(
+        records, paths, on_missing=on_missing, what=what, describe=describe, is_present=is_present
+    )
     if skipped:
         log.warning("%s: skipped %d of %d entries with missing images (on_missing='skip')", what, skipped, len(records))
     return kept

@@ -191,7 +191,7 @@ def build_evaluation(
         if key in seen_queries and seen_queries[key].source != q.source:  # one entry may give two alike queries
             raise AnnotationError(
                 f"{q.source or q.name}: this {what} query repeats {seen_queries[key].source or seen_queries[key].name} "
-                "(same reference, target and text); remove one (`ctiir check-data --write-filtered` does)"
+                "(same reference, target and text); remove one (`ctiir check-data --write_filtered` does)"
             )
         seen_queries[key] = q
     listed = None if gallery is None else {g.id for g in gallery}
@@ -303,10 +303,12 @@ def build_image_text_evaluation(
     *,
     on_missing: OnMissing = "error",
     max_queries: int | None = None,
+    is_present: Callable[[Path], bool] = is_file,
 ) -> ImageTextSet:
     """One gallery entry per image (its first caption stands for it), every caption a query."""
     usable, skipped = partition_present(
-        list(records), lambda r: [r.image], on_missing=on_missing, what=f"{protocol} {split} image-text pairs"
+        list(records), lambda r: [r.image], on_missing=on_missing, what=f"{protocol} {split} image-text pairs",
+        is_present=is_present,
     )
     if skipped:
         log.warning("%s %s: skipped %d of %d image-text pairs with missing images", protocol, split, skipped, len(records))

@@ -22,7 +22,6 @@ seeded from ``(seed, name)``, so files are byte-identical for a given seed and s
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -725,32 +724,37 @@ def generate(
 
 # --------------------------------------------------------------------------------------------- CLI
 def synth_main(argv: list[str] | None = None) -> int:
-    """``ctiir synth --out DIR [--seed N] [--size S] [--overwrite]``: write the synthetic benchmark."""
-    parser = argparse.ArgumentParser(
-        prog="ctiir synth",
-        description="Write the embedded synthetic composed-retrieval benchmark (FashionIQ layout + Stage I/II text).",
+    """``ctiir synth --out DIR [--seed N] [--size S] [--overwrite=true] [--progress_bar=false]``.
+
+    jsonargparse is imported here, not at module level: this module stays import-light (``ctiir.cliargs``).
+    """
+    from ctiir.cliargs import EXIT_USAGE, add_progress_bar, command_parser, run_command
+
+    parser = command_parser(
+        "synth", "Write the embedded synthetic composed-retrieval benchmark (FashionIQ layout + Stage I/II text)."
     )
+    parser.add_argument("--out", type=str, required=True, help="output directory (new, empty, or a previous synthetic dataset)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed and size give identical files")
+    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="dataset size")
     parser.add_argument(
-        "--out", required=True, type=Path, help="output directory (new, empty, or a previous synthetic dataset)"
+        "--overwrite", type=bool, default=False, help="replace a previous synthetic dataset of another seed/size (--overwrite=true)"
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="random seed (default 0); same seed and size give identical files"
-    )
-    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="dataset size (default: default)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a previous synthetic dataset of another seed/size"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        root = generate(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite, progress=not args.quiet)
-    except SyntheticOutputError as err:
-        print(f"ctiir synth: error: {err}", file=sys.stderr)
-        return 2
-    meta = json.loads((root / META_FILE).read_text(encoding="utf-8"))
-    queries = {s: sum(len(meta["triplets"][c][s]) for c in CATEGORIES) for s in SPLITS}
-    print(
-        f"synthetic dataset (seed={args.seed}, size={args.size}) at {root}: {len(meta['garments'])} garment images, "
-        f"{len(meta['scenes'])} scene images, triplets train/val/test = {queries['train']}/{queries['val']}/{queries['test']}"
-    )
-    return 0
+    add_progress_bar(parser, "a progress bar while images are drawn")
+
+    def synth(args: Any) -> int:
+        try:
+            root = generate(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite, progress=args.progress_bar)
+        except SyntheticOutputError as err:
+            print(f"ctiir synth: error: {err}", file=sys.stderr)
+            if "overwrite" in str(err):
+                print("(on this command: --overwrite=true)", file=sys.stderr)
+            return EXIT_USAGE
+        meta = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+        queries = {s: sum(len(meta["triplets"][c][s]) for c in CATEGORIES) for s in SPLITS}
+        print(
+            f"synthetic dataset (seed={args.seed}, size={args.size}) at {root}: {len(meta['garments'])} garment images, "
+            f"{len(meta['scenes'])} scene images, triplets train/val/test = {queries['train']}/{queries['val']}/{queries['test']}"
+        )
+        return 0
+
+    return run_command(parser, argv, synth)

@@ -4,10 +4,11 @@ datamodule, unchanged. The generator itself (``ctiir.datamodules.synthetic``) st
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ctiir.datamodules.fashioniq import FashionIQDataModule
-from ctiir.datamodules.synthetic import META_FILE, SIZES, generate
+from ctiir.datamodules.synthetic import META_FILE, SIZES, VERSION, SyntheticOutputError, generate
 
 
 class SyntheticDataModule(FashionIQDataModule):
@@ -53,7 +54,40 @@ class SyntheticDataModule(FashionIQDataModule):
         reused; a different one is never overwritten.
         """
         if self.generate_if_missing:
-            generate(self.root, seed=self.synth_seed, size=self.size)
+            try:
+                generate(self.root, seed=self.synth_seed, size=self.size)
+            except SyntheticOutputError as err:
+                # The generator's advice (``--overwrite``) is ``ctiir synth``'s; say what this datamodule takes.
+                raise SyntheticOutputError(self._explain(err)) from err
+
+    def _explain(self, err: SyntheticOutputError) -> str:
+        """What is at ``root``, and how to go on from a LightningCLI command, a YAML config or Python."""
+        regenerate = f"`ctiir synth --out {self.root} --seed {self.synth_seed} --size {self.size} --overwrite=true`"
+        other_root = "or choose another root (--data.init_args.root=DIR)"
+        try:
+            meta = json.loads((self.root / META_FILE).read_text(encoding="utf-8"))
+            seed, size, version = meta["seed"], meta["size"], meta["version"]
+        except (OSError, ValueError, TypeError, KeyError):  # no readable metadata: the generator's words stand
+            return f"{err}\nSyntheticDataModule: {other_root}."
+        found = f"{self.root} holds the synthetic benchmark with seed={seed}, size={size!r}"
+        if (seed, size, version) == (self.synth_seed, self.size, VERSION):
+            return f"{found}, but it is incomplete ({err}).\nRegenerate it with {regenerate}, {other_root}."
+        if version != VERSION:
+            return (
+                f"{found} written by generator version {version}, not {VERSION}.\nRegenerate it with {regenerate}, "
+                f"{other_root}."
+            )
+        differ = {k: v for k, v, mine in (("size", size, self.size), ("synth_seed", seed, self.synth_seed)) if v != mine}
+        asked = ", ".join(f"{k}={getattr(self, k)!r}" for k in differ)
+        flags = " ".join(f"--data.init_args.{k}={v}" for k, v in differ.items())
+        short = " ".join(f"--data.{k}={v}" for k, v in differ.items())
+        python = ", ".join(f"{k}={v!r}" for k, v in differ.items())
+        return (
+            f"{found}, but this SyntheticDataModule asks for {asked}, and never overwrites a dataset.\n"
+            f"To use the one that is there, pass {flags} (or {short}; in a YAML config under data.init_args; in Python "
+            f"SyntheticDataModule(..., {python})). To replace it: {regenerate}. Or choose another root "
+            "(--data.init_args.root=DIR)."
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if not (self.root / META_FILE).is_file():

@@ -7,7 +7,7 @@ submission, index, search) builds the same transforms from the checkpoint alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
@@ -97,12 +97,21 @@ class TargetPad:
         return f"TargetPad(target_ratio={self.target_ratio})"
 
 
-def targetpad_transform(size: int, target_ratio: float = 1.25, mean=CLIP_MEAN, std=CLIP_STD) -> Callable[[Any], torch.Tensor]:
-    """TargetPad, then CLIP's resize / center crop / normalise (CLIP4Cir's preprocessing)."""
+def targetpad_transform(
+    size: int,
+    target_ratio: float = 1.25,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    interpolation: T.InterpolationMode = T.InterpolationMode.BICUBIC,
+) -> Callable[[Any], torch.Tensor]:
+    """TargetPad, then resize / center crop / normalise (CLIP4Cir's preprocessing).
+
+    The defaults are OpenAI CLIP's (what CLIP4Cir used); :func:`build_transforms` passes the backbone's own.
+    """
     return T.Compose(
         [
             TargetPad(target_ratio),
-            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(size, interpolation=interpolation),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(mean, std),
@@ -111,7 +120,11 @@ def targetpad_transform(size: int, target_ratio: float = 1.25, mean=CLIP_MEAN, s
 
 
 def build_transforms(backbone: Any, preprocessing: Preprocessing) -> tuple[Callable, Callable]:
-    """(train, eval) transforms of ``preprocessing`` for ``backbone``: its own, or TargetPad at its input size."""
+    """(train, eval) transforms of ``preprocessing`` for ``backbone``: its own, or TargetPad at its input size.
+
+    TargetPad normalises and resamples as the backbone's own preprocessing does (``backbone.pixels``, a
+    ``ctiir.backbones.PixelConfig``): the weights were trained on those pixels, whatever the padding.
+    """
     if preprocessing.size != backbone.image_size:
         raise ValueError(
             f"the preprocessing is for {preprocessing.size} px images, but the backbone takes {backbone.image_size} px"
@@ -119,5 +132,13 @@ def build_transforms(backbone: Any, preprocessing: Preprocessing) -> tuple[Calla
     if preprocessing.mode == "backbone":
         return backbone.train_transform, backbone.eval_transform
     assert preprocessing.target_pad_ratio is not None  # checked by Preprocessing
-    tf = targetpad_transform(backbone.image_size, preprocessing.target_pad_ratio)
+    pixels = getattr(backbone, "pixels", None)
+    if pixels is None:
+        raise ValueError(
+            f"{type(backbone).__name__} does not say how it normalises its pixels (no `pixels`, a "
+            "ctiir.backbones.PixelConfig), so TargetPad cannot match it; set it, or use preprocess='backbone'"
+        )
+    tf = targetpad_transform(
+        backbone.image_size, preprocessing.target_pad_ratio, pixels.mean, pixels.std, pixels.interpolation_mode
+    )
     return tf, tf

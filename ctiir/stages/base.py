@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import math
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.parsing import AttributeDict
 from transformers import get_cosine_schedule_with_warmup
 
 from ctiir.backbones import Backbone, build_backbone
@@ -34,7 +36,12 @@ from ctiir.losses import ContrastiveLoss, ids_to_tensor
 log = logging.getLogger(__name__)
 
 BackboneArg = str | dict[str, Any] | Backbone
-FusionArg = str | dict[str, Any] | Fusion
+# ``Fusion`` first: jsonargparse tries a union's types in order, so a class path (``ctiir.fusion.Gated``, or
+# ``{class_path, init_args}`` in YAML) is parsed as a Fusion subclass, its arguments checked, listed by
+# ``--print_config`` and overridable one by one (``--model.init_args.fusion.init_args.mode=rank``). A registry
+# name, a checkpoint's ``{"name": ...}`` config and a class path that does not resolve fall through to
+# ``str`` / ``dict``; ``resolve_fusion`` builds those, or names what is wrong.
+FusionArg = Fusion | str | dict[str, Any]
 
 
 def resolve_backbone(backbone: BackboneArg, backbone_kwargs: dict[str, Any] | None) -> Backbone:
@@ -93,8 +100,12 @@ def resolve_fusion(fusion: FusionArg, fusion_kwargs: dict[str, Any] | None, embe
             stored = init_args.pop("embed_dim", None)
             return fusion_class(config["class_path"])(embed_dim=stored, **init_args).bind(embed_dim)
         if "name" not in config:
+            # On the command line this is what is left when an argument set with
+            # --model.init_args.fusion.init_args.KEY does not validate: jsonargparse then drops the class.
             raise ValueError(
-                f"a fusion config needs a 'name' (a registered fusion) or a 'class_path'; got keys {sorted(config)}"
+                f"a fusion config needs a 'name' (a registered fusion) or a 'class_path'; got keys {sorted(config)}. "
+                "If these are arguments of a fusion class set on the command line, one of them is not valid for it: "
+                "`ctiir fit --model.init_args.fusion.help CLASS` lists them"
             )
         stored = config.pop("embed_dim", None)
         # A stored size that differs from the backbone's is an error naming both, not a silent rebuild.
@@ -114,8 +125,10 @@ class CTIIRStage(L.LightningModule):
         backbone: a registry name (``"tiny"``, ``"openclip:ViT-B-32"``, ``"hf-clip"``), a spec dict
             ``{"name": ..., **kwargs}`` or a built ``Backbone``.
         backbone_kwargs: arguments for a backbone given by name (e.g. ``{"pretrained": "openai"}``).
-        fusion: how composed queries are formed (a registry name, a config dict or a ``Fusion``). Stages I
-            and II only use it to report the composed zero-shot baseline; its parameters are frozen there.
+        fusion: how composed queries are formed: a registry name (``"gated"``), a class path
+            (``"ctiir.fusion.Gated"``; in YAML ``{class_path, init_args}``), a config dict ``{"name": ...}`` or
+            a ``Fusion``. Stages I and II only use it to report the composed zero-shot baseline; its
+            parameters are frozen there.
         fusion_kwargs: arguments for a fusion given by name.
         lr_backbone / lr_heads: learning rates of the backbone and of everything else (fusion, logit scale).
         weight_decay: AdamW weight decay (not applied to biases, norms, embeddings and the logit scale).
@@ -174,6 +187,19 @@ class CTIIRStage(L.LightningModule):
             self.load_stage_weights(init_from)
             self.hparams["initialized_from"] = str(init_from)
             self.hparams["init_from"] = None
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """What Lightning's loggers record: the hyperparameters as the checkpoint stores them.
+
+        Lightning logs ``hparams_initial`` at the start of ``fit`` (after ``setup``). Its own snapshot is taken
+        inside ``save_hyperparameters``, before this stage resolves its backbone and fusion, so runs would be
+        logged without them (and under LightningCLI with the fusion as given, not as built). This is the
+        stage's ``hparams`` instead: the backbone spec, the fusion config (sizes resolved), the preprocessing
+        the datamodule served and the checkpoint it started from, so TensorBoard, W&B or a CSV ``hparams.yaml``
+        tell runs apart.
+        """
+        return AttributeDict(copy.deepcopy(dict(self.hparams)))
 
     # ------------------------------------------------------------------ data and preprocessing
     def data_request(self, inference: bool = False) -> DataRequest:
