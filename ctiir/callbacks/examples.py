@@ -51,8 +51,8 @@ def example_grids(
             ]
             target = evaluation.gallery[resolved.target_index].id if resolved.target_index >= 0 else None
             text = " / ".join(query.text) if isinstance(query.text, list) else query.text
-            name = Path(query.name).name if "/" in query.name else query.name  # an entry, not its whole path
-            title = f"{name}: target rank {int(ranks.ranks[row]) + 1}"
+            shown = Path(query.name).name if "/" in query.name else query.name  # an entry, not its whole path
+            title = f"{shown}: target rank {int(ranks.ranks[row]) + 1}"
             grid.append(GridRow(load_rgb(query.reference), text, candidates, weight_of.get(query_id), target, title))
         out[name] = grid
     return out
