@@ -9,9 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ctiir.checkdata.core import CHECKS, UsageError, run_check, write_atomic, write_filtered
+from ctiir.checkdata.core import CHECKS, UsageError, run_check, write_filtered
 from ctiir.checkdata.report import print_report
 from ctiir.datamodules.errors import DataError
+from ctiir.io import write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,5 +72,9 @@ def check_data_main(argv: list[str] | None = None) -> int:
             console.print(f"  not written: {line}")
         console.print(f"use it with: {checker.usage_hint(Path(args.write_filtered))}")
     if args.json is not None:
-        write_atomic(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
+        try:
+            write_atomic(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n", overwrite=False)
+        except FileExistsError as err:  # created while the check ran
+            errors.print(f"[red]ctiir check-data:[/red] --json: {err}", highlight=False)
+            return 2
     return 0 if report.ok else 1
