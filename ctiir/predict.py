@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ctiir.checkpoints import CheckpointError
 from ctiir.stages import ComposedRetrieval
 
 
@@ -23,7 +24,11 @@ def cirr_submission_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.ckpt).is_file():
         parser.error(f"--ckpt: {args.ckpt} not found")
-    module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location="cpu")
+    try:
+        module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location="cpu")
+    except CheckpointError as err:
+        print(f"ctiir cirr-submission: {err}", file=sys.stderr)
+        return 1
     module.eval()
     recorded = module.preprocessing  # the datamodule asks for what the checkpoint records: no mismatch warning
     preprocess = {"preprocess": recorded.mode, "target_pad_ratio": recorded.target_pad_ratio or 1.25} if recorded else {}
