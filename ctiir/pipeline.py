@@ -256,19 +256,21 @@ def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str
     _claim_run_dir(run_dir, _run_config(cfg, skip), cfg.overwrite)
     results: dict[str, Any] = {"config": asdict(cfg), "stages": {}}
     previous: str | None = None
+    reuse = not cfg.overwrite  # once a stage trains in this invocation, what later stages left is stale
     for name in STAGE_ORDER:
         stage = cfg.stages.get(name, StageConfig())
         if not stage.enabled or name in skip:
             results["stages"][name] = {"skipped": True}
             continue
         stage_dir = run_dir / f"stage-{name}"
-        outcome = None if cfg.overwrite else _finished_stage(stage_dir)
+        outcome = _finished_stage(stage_dir) if reuse else None
         if outcome is not None:
             log.info("stage %s: finished in an earlier run (%s); not run again", name, stage_dir / OUTCOME)
         else:
             log.info("stage %s (init_from=%s)", name, previous)
-            outcome = run_stage(name, cfg, stage, previous, run_dir, resume=not cfg.overwrite)
+            outcome = run_stage(name, cfg, stage, previous, run_dir, resume=reuse)
             write_atomic(stage_dir / OUTCOME, json.dumps(outcome, indent=2) + "\n")
+            reuse = False
         results["stages"][name] = outcome
         previous = outcome["checkpoint"]
     write_atomic(run_dir / "results.md", results_markdown(results))
