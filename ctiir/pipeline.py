@@ -102,7 +102,7 @@ def run_stage(
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
     trainer_args = {
-        "logger": CSVLogger(stage_dir, name="", version="logs"),
+        "logger": CSVLogger(stage_dir, name="", version=_log_version(stage_dir, resume)),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "deterministic": False,
@@ -142,6 +142,17 @@ def run_stage(
         "evaluation": tested.to_dict(),  # the same numbers, structured: what the tables read
         "epochs": trainer.current_epoch,
     }
+
+
+def _log_version(stage_dir: Path, resume: bool) -> str:
+    """``logs``, or for a resumed stage a new ``logs-resumed-<n>``: the CSV logger rewrites its folder's
+    metrics file, and the interrupted part's logs must not be lost."""
+    if not (resume and (stage_dir / LAST).is_file() and (stage_dir / "logs").exists()):
+        return "logs"
+    n = 1
+    while (stage_dir / f"logs-resumed-{n}").exists():
+        n += 1
+    return f"logs-resumed-{n}"
 
 
 def _plain(value: Any) -> Any:
