@@ -18,6 +18,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from ctiir.callbacks import RetrievalEvaluation
+from ctiir.checkpoints import SafeCheckpointIO
 from ctiir.cliargs import compact_parser_message
 from ctiir.datamodules.base import CTIIRDataModule
 from ctiir.stages.base import CTIIRStage
@@ -64,6 +65,13 @@ class CTIIRCLI(LightningCLI):
             self.config = parser.parse_args(args)
         except ArgumentError as err:
             raise ConfigError(compact_parser_message(str(err))) from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, writing checkpoints atomically and reading them with ``weights_only=True``
+        (``ctiir.checkpoints.SafeCheckpointIO``) unless the config names its own plugins."""
+        if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+            kwargs.setdefault("plugins", [SafeCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
         try:

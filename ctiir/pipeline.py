@@ -4,6 +4,12 @@ A run directory gets, per stage, its checkpoint (``stage-I/best.ckpt`` ...), the
 (``stage-I/config.yaml``) and its logs (CSV in the stage folder, or the loggers of ``trainer: {logger: ...}``,
 per stage too); at the end ``results.json`` and ``results.md`` (R@1/R@10/R@50
 per category, averages, and the mean adaptive weights). Stages can be skipped for the paper's ablation.
+
+Resuming: every stage also keeps ``last.ckpt`` (written at each epoch end) and, once tested, ``outcome.json``.
+Run the same command again after an interruption and finished stages are not run again, the interrupted
+one resumes from its ``last.ckpt`` (exactly: see ``ctiir.datamodules.sampling``), and the rest follow.
+``run-config.json`` records the configuration; a run directory is only resumed with the same one.
+Every file is written atomically (``ctiir.io``), checkpoints included (``ctiir.checkpoints.SafeCheckpointIO``).
 """
 
 from __future__ import annotations
@@ -26,11 +32,21 @@ from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CSVLogger
 
 from ctiir.callbacks import EvaluationResult, RetrievalEvaluation
+from ctiir.checkpoints import SafeCheckpointIO
+from ctiir.io import write_atomic
 from ctiir.stages import STAGES
+from ctiir.stages.base import check_fusion
 
 log = logging.getLogger(__name__)
 STAGE_ORDER = ("I", "II", "III")
 EXAMPLES = 8  # best- and worst-ranked queries drawn per task after the last stage
+LAST = "last.ckpt"  # each stage's resume point, written at every epoch end
+OUTCOME = "outcome.json"  # a finished (trained and tested) stage
+RUN_CONFIG = "run-config.json"
+
+
+class PipelineError(ValueError):
+    """A pipeline config that cannot run, or a run directory that holds another run: a few lines, no traceback."""
 
 
 @dataclass
@@ -65,10 +81,13 @@ def run_stage(
     init_from: str | None,
     run_dir: Path,
     last: bool = False,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Train one stage (or only evaluate it with ``max_epochs: 0``); return its results and best checkpoint.
 
-    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``config.yaml`` and the logs (:func:`stage_loggers`).
+    Everything goes to ``run_dir/stage-<name>``: ``best.ckpt``, ``last.ckpt``, ``config.yaml`` and the logs
+    (:func:`stage_loggers`). With ``resume`` and a ``last.ckpt`` there, training continues from it. The
+    ``last`` stage of a run draws its best- and worst-ranked test queries.
     """
     L.seed_everything(cfg.seed, workers=True)
     stage_dir = run_dir / f"stage-{name}"
@@ -84,13 +103,14 @@ def run_stage(
     # The last stage draws its best- and worst-ranked test queries into stage-<name>/examples/.
     evaluation = RetrievalEvaluation(save_examples=EXAMPLES if last else 0)
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val/score", mode="max", save_top_k=1, save_last=False, enable_version_counter=False)
-    callbacks: list[Any] = [evaluation, checkpoint]
+    last = ModelCheckpoint(dirpath=stage_dir, filename=LAST.removesuffix(".ckpt"), save_on_train_epoch_end=True, enable_version_counter=False)
+    callbacks: list[Any] = [evaluation, checkpoint, last]
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
     trainer_config = {**cfg.trainer, **stage.trainer}
     logger_spec = trainer_config.pop("logger", True)
     trainer_args = {
-        "logger": stage_loggers(logger_spec, stage_dir),
+        "logger": stage_loggers(logger_spec, stage_dir, _log_version(stage_dir, resume)),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "deterministic": False,
@@ -101,13 +121,19 @@ def run_stage(
         "default_root_dir": str(stage_dir),
         "enable_progress_bar": cfg.progress_bar,
     }
-    (stage_dir / "config.yaml").write_text(
-        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {**{k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger")}, "logger": logger_spec}}, sort_keys=False)
+    write_atomic(
+        stage_dir / "config.yaml",
+        yaml.safe_dump({"stage": name, "model": {"class_path": f"{type(model).__module__}.{type(model).__name__}", "init_args": _plain(model.hparams)}, "data": cfg.data, "trainer": {**{k: v for k, v in trainer_args.items() if k not in ("callbacks", "logger", "plugins")}, "logger": logger_spec}}, sort_keys=False),
     )
+    # Atomic checkpoint writes and weights_only reads, unless the config brings its own plugins.
+    trainer_args.setdefault("plugins", [SafeCheckpointIO()])
     trainer = L.Trainer(**trainer_args)
     started = time.perf_counter()
     if stage.max_epochs != 0 or stage.max_steps > 0:
-        trainer.fit(model, datamodule=data)
+        resume_from = stage_dir / LAST if resume and (stage_dir / LAST).is_file() else None
+        if resume_from is not None:
+            log.info("stage %s: resuming from %s", name, resume_from)
+        trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     best = checkpoint.best_model_path
     if not best:  # zero epochs (pretrained weights, evaluate only): save the model as it is
         best = str(stage_dir / "best.ckpt")
@@ -128,20 +154,20 @@ def run_stage(
 LOGGERS_MODULE = "lightning.pytorch.loggers"
 
 
-def stage_loggers(spec: Any, stage_dir: Path) -> Any:
+def stage_loggers(spec: Any, stage_dir: Path, version: str = "logs") -> Any:
     """The ``logger`` of a stage's Trainer, from ``trainer: {logger: ...}`` (a stage's own ``trainer`` wins).
 
-    ``true`` (the default): a ``CSVLogger`` writing ``stage_dir/logs``. ``false`` / ``null``: no logger. A
+    ``true`` (the default): a ``CSVLogger`` writing ``stage_dir/<version>`` (``logs``, or ``logs-resumed-<n>``). ``false`` / ``null``: no logger. A
     Lightning logger's name (``TensorBoardLogger``) or any class path, ``{class_path, init_args}``, or a list of
     these: those loggers, with ``save_dir`` set to the stage folder when the class takes one and the config
     does not give it, so that each stage logs under its own folder. Anything else is an error naming the key.
     """
     if spec is True:
-        return CSVLogger(stage_dir, name="", version="logs")
+        return CSVLogger(stage_dir, name="", version=version)
     if spec is False or spec is None:
         return False
     if isinstance(spec, list):
-        return [stage_loggers(item, stage_dir) for item in spec]
+        return [stage_loggers(item, stage_dir, version) for item in spec]
     if isinstance(spec, str):
         spec = {"class_path": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str) or set(spec) - {"class_path", "init_args"}:
@@ -164,6 +190,17 @@ def stage_loggers(spec: Any, stage_dir: Path) -> Any:
         raise ValueError(f"trainer.logger: cannot create {class_path}: {err}") from err
 
 
+def _log_version(stage_dir: Path, resume: bool) -> str:
+    """``logs``, or for a resumed stage a new ``logs-resumed-<n>``: the CSV logger rewrites its folder's
+    metrics file, and the interrupted part's logs must not be lost."""
+    if not (resume and (stage_dir / LAST).is_file() and (stage_dir / "logs").exists()):
+        return "logs"
+    n = 1
+    while (stage_dir / f"logs-resumed-{n}").exists():
+        n += 1
+    return f"logs-resumed-{n}"
+
+
 def _plain(value: Any) -> Any:
     """Hyper-parameters as plain YAML-able data."""
     if isinstance(value, dict):
@@ -175,28 +212,127 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    run_dir = Path(cfg.run_dir)
-    if (run_dir / "results.json").exists() and not cfg.overwrite:
-        raise FileExistsError(f"{run_dir} already holds a finished run (results.json); choose another run_dir or set overwrite: true")
+def check_config(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> None:
+    """Everything that can be checked before a stage trains: stage names, each stage's model arguments and
+    its fusion. A mistake in Stage III's config must not wait for Stages I and II to finish."""
     unknown = sorted(set(cfg.stages) - set(STAGE_ORDER))
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown} in config; stages are {list(STAGE_ORDER)}")
+        raise PipelineError(f"unknown stage(s) {unknown} in config; stages are {list(STAGE_ORDER)}")
+    for name in STAGE_ORDER:
+        stage = cfg.stages.get(name, StageConfig())
+        if not stage.enabled or name in skip:
+            continue
+        parameters = _init_parameters(STAGES[name])
+        unknown_args = sorted(set(stage.model) - set(parameters))
+        if unknown_args:
+            raise PipelineError(
+                f"stage {name}: model: unknown argument(s) {unknown_args} for {STAGES[name].__name__}; "
+                f"known: {', '.join(sorted(parameters))}"
+            )
+        try:
+            check_fusion(stage.model.get("fusion", parameters["fusion"].default))
+        except (ValueError, TypeError) as err:
+            raise PipelineError(f"stage {name}: model.fusion: {err}") from None
+
+
+def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` forwarded to the base classes."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        for p in parameters:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                found.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return found
+
+
+def _run_config(cfg: PipelineConfig, skip: tuple[str, ...]) -> dict[str, Any]:
+    """What decides a run's results (not where it goes or how it shows progress), as plain JSON data."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "overwrite", "progress_bar")}
+    return json.loads(json.dumps({**config, "skip": sorted(skip)}, sort_keys=True, default=str))
+
+
+def _finished_results(path: Path) -> bool:
+    """Whether ``results.json`` is there and complete; a truncated or unreadable one is not (and says so)."""
+    if not path.exists():
+        return False
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s is incomplete or unreadable (%s): the run is not finished; resuming it", path, err)
+        return False
+    if not isinstance(results, dict) or not isinstance(results.get("stages"), dict):
+        log.warning("%s holds no stage results: the run is not finished; resuming it", path)
+        return False
+    return True
+
+
+def _finished_stage(stage_dir: Path) -> dict[str, Any] | None:
+    """The outcome of a stage that was trained and tested in an earlier, interrupted invocation."""
+    path = stage_dir / OUTCOME
+    if not path.is_file():
+        return None
+    try:
+        outcome = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s is unreadable (%s); running the stage again", path, err)
+        return None
+    if not isinstance(outcome, dict) or not Path(str(outcome.get("checkpoint", ""))).is_file():
+        log.warning("%s names no existing checkpoint; running the stage again", path)
+        return None
+    return outcome
+
+
+def _claim_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Record the run's config; refuse a directory that holds a run of another config (unless ``overwrite``)."""
+    path = run_dir / RUN_CONFIG
+    if path.is_file() and not overwrite:
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PipelineError(f"{path} is unreadable ({err}); choose another run_dir or set overwrite: true") from None
+        if recorded != config:
+            keys = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))
+            raise PipelineError(
+                f"{run_dir} holds an unfinished run with another configuration (differs in: {', '.join(keys)}); "
+                "run it again with the same config to resume it, choose another run_dir, or set overwrite: true"
+            )
+    write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    if _finished_results(run_dir / "results.json") and not cfg.overwrite:
+        raise FileExistsError(f"{run_dir} already holds a finished run (results.json); choose another run_dir or set overwrite: true")
+    check_config(cfg, skip)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _claim_run_dir(run_dir, _run_config(cfg, skip), cfg.overwrite)
     results: dict[str, Any] = {"config": asdict(cfg), "stages": {}}
     previous: str | None = None
     running = [n for n in STAGE_ORDER if cfg.stages.get(n, StageConfig()).enabled and n not in skip]
+    reuse = not cfg.overwrite  # once a stage trains in this invocation, what later stages left is stale
     for name in STAGE_ORDER:
         stage = cfg.stages.get(name, StageConfig())
         if name not in running:
             results["stages"][name] = {"skipped": True}
             continue
-        log.info("stage %s (init_from=%s)", name, previous)
-        outcome = run_stage(name, cfg, stage, previous, run_dir, last=name == running[-1])
+        stage_dir = run_dir / f"stage-{name}"
+        outcome = _finished_stage(stage_dir) if reuse else None
+        if outcome is not None:
+            log.info("stage %s: finished in an earlier run (%s); not run again", name, stage_dir / OUTCOME)
+        else:
+            log.info("stage %s (init_from=%s)", name, previous)
+            outcome = run_stage(name, cfg, stage, previous, run_dir, last=name == running[-1], resume=reuse)
+            write_atomic(stage_dir / OUTCOME, json.dumps(outcome, indent=2) + "\n")
+            reuse = False
         results["stages"][name] = outcome
         previous = outcome["checkpoint"]
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "results.md").write_text(results_markdown(results))
+    write_atomic(run_dir / "results.md", results_markdown(results))
+    write_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")  # last: its presence means done
     return results
 
 
@@ -295,7 +431,11 @@ def progressive_main(argv: list[str] | None = None) -> int:
         bad = [s for s in skip if s not in STAGE_ORDER]
         if bad:
             parser.error(f"--skip: unknown stage(s) {bad}; stages are {list(STAGE_ORDER)}")
-        results = run_progressive(cfg, skip)
+        try:
+            results = run_progressive(cfg, skip)
+        except PipelineError as err:
+            print(f"ctiir progressive: error: {err}", file=sys.stderr)
+            return 2
         print_summary(results)
         print(f"results: {Path(cfg.run_dir) / 'results.md'}")
         return 0

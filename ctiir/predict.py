@@ -41,12 +41,17 @@ def cirr_submission_main(argv: list[str] | None = None) -> int:
 def write_submission(args: Any, device: Any) -> int:
     import sys
 
+    from ctiir.checkpoints import CheckpointError
     from ctiir.datamodules.cirr import CIRRDataModule
     from ctiir.datamodules.errors import DataError
     from ctiir.stages import ComposedRetrieval
     from ctiir.submission import SubmissionError, predict_cirr_submission
 
-    module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location=device).to(device)
+    try:
+        module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location=device).to(device)
+    except CheckpointError as err:
+        print(f"ctiir cirr-submission: {err}", file=sys.stderr)
+        return EXIT_PROBLEMS
     module.eval()
     recorded = module.preprocessing  # the datamodule asks for what the checkpoint records: no mismatch warning
     preprocess = {"preprocess": recorded.mode, "target_pad_ratio": recorded.target_pad_ratio or 1.25} if recorded else {}

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ctiir.datamodules.tasks import collate_retrieval
 from ctiir.fusion.base import as_fused
+from ctiir.io import write_atomic
 from ctiir.progress import encoding_progress
 
 VERSION = "rc2"
@@ -76,9 +77,16 @@ def cirr_rankings(
         raise ValueError(f"the gallery has {num_g} images: too few for top-{k} lists without the reference")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for what, emb in (("gallery", gallery_emb), ("query", query_emb)):
+        bad = (~torch.isfinite(emb).all(dim=1)).nonzero().flatten()
+        if bad.numel():
+            first = int(bad[0])
+            name = f" ({gallery_names[first]})" if what == "gallery" else ""
+            raise ValueError(
+                f"{what} embedding {first}{name} holds NaN or infinite values ({bad.numel()} such rows); "
+                "a submission ranked on them would be arbitrary"
+            )
     gallery = F.normalize(gallery_emb.float(), dim=-1)
-    if not torch.isfinite(gallery).all() or not torch.isfinite(query_emb).all():
-        raise ValueError("embeddings contain NaN or infinite values")
     positions = torch.arange(num_g, device=gallery.device)
     top: list[list[str]] = []
     top_subset: list[list[str]] = []
@@ -197,6 +205,9 @@ def write_cirr_submission(
 ) -> tuple[Path, Path]:
     """Validate, then write both submission files; an existing file is never overwritten (``SubmissionError``).
 
+    Each file is written atomically (``ctiir.io``), and if the second cannot be written the first is
+    removed again, so a failed call leaves neither.
+
     ``references`` / ``members`` (per query, in ``pairids`` order) and ``gallery_names`` make the check
     stricter; pass them when you have them.
     """
@@ -225,11 +236,23 @@ def write_cirr_submission(
     existing = [str(p) for p in paths if p.exists()]
     if existing:
         raise SubmissionError(f"refusing to overwrite {', '.join(existing)}: choose another name or out_dir")
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for path, obj in zip(paths, (recall, subset), strict=True):
-        with path.open("x", encoding="utf-8") as handle:  # "x": fail rather than overwrite, even in a race
-            json.dump(obj, handle)
+    written: list[Path] = []
+    try:
+        for path, obj in zip(paths, (recall, subset), strict=True):
+            # Atomic, and never over a file (even one that appeared since the check above).
+            written.append(write_atomic(path, json.dumps(obj), overwrite=False))
+    except FileExistsError as err:
+        _remove(written)
+        raise SubmissionError(f"refusing to overwrite: {err}") from None
+    except BaseException:
+        _remove(written)  # both files or neither: a retry must not find half a submission in the way
+        raise
     return paths
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _device(module: Any) -> torch.device:

@@ -7,6 +7,7 @@ and the tiny offline model are interchangeable.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,10 @@ class PixelConfig:
         return InterpolationMode(self.interpolation)
 
 
+class TruncationWarning(UserWarning):
+    """A text longer than the backbone's context (``context_length`` tokens) was cut to fit."""
+
+
 class Backbone(nn.Module):
     """A CLIP-style dual encoder.
 
@@ -92,3 +97,18 @@ class Backbone(nn.Module):
         spec = dict(self.spec)
         spec["pretrained"] = None
         return spec
+
+    def report_truncated(self, texts: Sequence[str], truncated: Sequence[bool]) -> None:
+        """Warn (once per backbone) that texts were cut to the context length: CLIP reads no more, and a caption
+        cut silently would look like a model that ignores the end of long captions."""
+        cut = [t for t, flag in zip(texts, truncated, strict=True) if flag]
+        if not cut or getattr(self, "_truncation_reported", False):
+            return
+        self._truncation_reported = True
+        warnings.warn(
+            f"{len(cut)} of {len(texts)} texts are longer than this backbone's context of {self.context_length} tokens "
+            f"and were truncated to it, e.g. a text of {len(cut[0])} characters starting {cut[0][:60]!r}; "
+            "later truncations are not reported",
+            TruncationWarning,
+            stacklevel=3,
+        )

@@ -279,9 +279,17 @@ class HFCLIPBackbone(Backbone):
         return self.model.text_projection(pooled)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        texts = check_texts(texts)
         batch = self.tokenizer(
-            check_texts(texts), padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+            texts, padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
         )
+        longer = [i for i, t in enumerate(texts) if len(t) > self.context_length - 2]  # shorter ones always fit
+        if longer and not getattr(self, "_truncation_reported", False):
+            ids = self.tokenizer([texts[i] for i in longer], truncation=False, verbose=False)["input_ids"]
+            flags = [False] * len(texts)
+            for i, row in zip(longer, ids, strict=True):
+                flags[i] = len(row) > self.context_length
+            self.report_truncated(texts, flags)
         return batch["input_ids"].long()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -341,7 +341,19 @@ class OpenCLIPBackbone(Backbone):
         return self.model.encode_text(tokens, normalize=False)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenizer(check_texts(texts)).long()
+        texts = check_texts(texts)
+        tokens = self.tokenizer(texts).long()
+        # A text of at most context_length - 2 characters always fits (a BPE token covers at least one); the
+        # others are tokenized again without a limit: a truncated one differs from it within the context.
+        longer = [i for i, t in enumerate(texts) if len(t) > tokens.shape[1] - 2]
+        if longer and not getattr(self, "_truncation_reported", False):
+            full = self.tokenizer([texts[i] for i in longer], context_length=max(len(texts[i]) for i in longer) + 2)
+            cut = (full[:, : tokens.shape[1]].long() != tokens[longer]).any(dim=1).tolist()
+            flags = [False] * len(texts)
+            for i, flag in zip(longer, cut, strict=True):
+                flags[i] = bool(flag)
+            self.report_truncated(texts, flags)
+        return tokens
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)

@@ -8,14 +8,13 @@ results with rank, score and id, the target framed in green (or said to be missi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ctiir.datamodules.images import load_rgb
 from ctiir.datamodules.protocol import EvaluationSet
+from ctiir.io import atomic_open
 from ctiir.metrics.recall import QueryRanks
 from ctiir.retrieval.render import Candidate, GridRow, render_grid
 
@@ -68,17 +67,10 @@ def save_examples(
     k: int = 5,
 ) -> list[Path]:
     """Write ``<key>-best.png`` and ``<key>-worst.png`` under ``folder`` (each atomically); their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, rows in example_grids(evaluation, ranks, weights, n, k).items():
         path = folder / f"{key.replace('/', '-')}-{name}.png"
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.close(handle)
-        try:
-            render_grid(rows).save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(path, "wb") as handle:
+            render_grid(rows).save(handle, format="PNG")
         written.append(path)
     return written

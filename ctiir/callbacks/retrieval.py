@@ -175,6 +175,7 @@ class RetrievalEvaluation(L.Callback):
         prefix: Prefix,
     ) -> tuple[dict[str, float], Breakdown]:
         """The task's metrics, and the same metrics per value of each query attribute (``groups``)."""
+        _check_not_empty(task)
         device = pl_module.device
         metric = RecallAtK(
             ks=task.ks, subset_ks=task.subset_ks, exclude_reference=task.exclude_reference, chunk_size=self.chunk_size
@@ -188,14 +189,14 @@ class RetrievalEvaluation(L.Callback):
                 for batch in gallery:
                     ids = batch["gallery_id"]
                     emb = pl_module.encode_gallery(move_data_to_device(batch, device))
-                    metric.update_gallery(_checked_embedding(emb, len(ids), task.key, "encode_gallery"), ids)
+                    metric.update_gallery(_checked_embedding(emb, len(ids), task.key, "encode_gallery", ids), ids)
                     advance(len(ids))
             with encoding_progress(f"{task.key} queries", len(queries.sampler), enabled=show, host=host) as advance:
                 for batch in queries:
                     ids = batch["query_id"]
                     fused = as_fused(pl_module.encode_query(move_data_to_device(batch, device)))
                     metric.update(
-                        _checked_embedding(fused.query, len(ids), task.key, "encode_query"),
+                        _checked_embedding(fused.query, len(ids), task.key, "encode_query", ids),
                         ids,
                         batch["target_id"],
                         batch.get("reference_id"),
@@ -222,10 +223,27 @@ class RetrievalEvaluation(L.Callback):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _checked_embedding(emb: Any, rows: int, key: str, fn: str) -> torch.Tensor:
+def _check_not_empty(task: RetrievalTask) -> None:
+    """An empty gallery or query set is an error naming the task (and how many were skipped), not a metric's
+    "no queries were added" from deep inside the ranking."""
+    evaluation = task.evaluation
+    for what, dataset, skipped in (
+        ("gallery", task.gallery, evaluation.skipped_gallery if evaluation is not None else 0),
+        ("query set", task.queries, evaluation.skipped_queries if evaluation is not None else 0),
+    ):
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            why = f" ({skipped} entries skipped for missing images)" if skipped else ""
+            raise ValueError(f"task {task.key} ({task.split or '?'} split): the {what} is empty{why}; nothing to rank")
+
+
+def _checked_embedding(emb: Any, rows: int, key: str, fn: str, ids: Any = None) -> torch.Tensor:
     if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != rows:
         shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
         raise ValueError(f"task {key}: {fn} must return a ({rows}, D) tensor for a batch of {rows}; got {shape}")
+    bad = ~torch.isfinite(emb).all(dim=1)
+    if bool(bad.any()):  # a NaN would rank arbitrarily: name the items instead (a diverged model, a bad image)
+        which = torch.as_tensor(ids).flatten()[bad.cpu()].tolist() if ids is not None else bad.nonzero().flatten().tolist()
+        raise ValueError(f"task {key}: {fn} returned NaN or infinite embeddings for ids {which[:10]} of this batch")
     return emb
 
 

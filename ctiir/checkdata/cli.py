@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from ctiir.checkdata.core import CHECKS, UsageError, run_check, write_atomic, write_filtered
+from ctiir.checkdata.core import CHECKS, UsageError, run_check, write_filtered
 from ctiir.checkdata.report import print_report
 from ctiir.cliargs import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, add_progress_bar, command_parser, run_command
 from ctiir.datamodules.errors import DataError
+from ctiir.io import write_atomic
 
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
@@ -77,5 +78,9 @@ def check_data(args: Namespace) -> int:
             console.print(f"  not written: {line}")
         console.print(f"use it with: {checker.usage_hint(Path(args.write_filtered))}")
     if args.json is not None:
-        write_atomic(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
+        try:
+            write_atomic(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n", overwrite=False)
+        except FileExistsError as err:  # created while the check ran
+            errors.print(f"[red]ctiir check-data:[/red] --json: {err}", highlight=False)
+            return EXIT_USAGE
     return EXIT_OK if report.ok else EXIT_PROBLEMS

@@ -10,8 +10,6 @@ predicts is what a run would evaluate.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ctiir.checkdata.report import CheckReport, CountEffect, Problem
 from ctiir.datamodules.annotations import read_json
 from ctiir.datamodules.errors import AnnotationError, DataError
+from ctiir.datamodules.images import ImageError, load_rgb
 from ctiir.datamodules.protocol import ComposedSource, build_evaluation
+from ctiir.io import write_atomic
 from ctiir.registry import Registry
 
 MISSING = Path("<missing image>")  # where ``locate`` points an image that cannot be used: never "present"
@@ -144,14 +143,11 @@ def read_file(path: Path, kind: type, split: str, subset: str, problems: list[Pr
 
 # ---------------------------------------------------------------------------------------------- images
 def decode_error(path: Path) -> str | None:
-    """Fully decode an image; the reason it cannot be used, or ``None`` if it is fine."""
+    """Decode an image as training would (``load_rgb``); the reason it cannot be used, or ``None`` if it is fine."""
     try:
-        with Image.open(path) as img:
-            img.load()
-    except FileNotFoundError:
-        return "file not found"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return f"{type(err).__name__}: {err}"
+        load_rgb(path)
+    except ImageError as err:
+        return err.reason
     return None
 
 
@@ -239,19 +235,6 @@ def file_text(relative: str, data: Any) -> str:
     return json.dumps(data, indent=4) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_filtered(out: str | Path, files: dict[str, Any], sources: Sequence[Path]) -> list[Path]:
     """Write the filtered annotation files under ``out``: never inside a source root, never over a file."""
     out = Path(out)
@@ -269,6 +252,9 @@ def write_filtered(out: str | Path, files: dict[str, Any], sources: Sequence[Pat
         )
     written = []
     for (relative, data), target in zip(files.items(), targets, strict=True):
-        write_atomic(target, file_text(relative, data))
+        try:
+            write_atomic(target, file_text(relative, data), overwrite=False)
+        except FileExistsError as err:  # appeared since the check above
+            raise UsageError(f"--write-filtered: {err}") from None
         written.append(target)
     return written

@@ -10,7 +10,6 @@ preprocessing used, which the stage records in its checkpoint. Without a stage, 
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from ctiir.datamodules.protocol import (
 )
 from ctiir.datamodules.records import ImagePair, ImageText, Triplet
 from ctiir.datamodules.request import DataRequest, Source
+from ctiir.datamodules.sampling import DrawnDataset, EpochSampler, ResumableLoader
 from ctiir.datamodules.tables import read_image_text_pairs, split_records
 from ctiir.datamodules.tasks import ListDataset, RetrievalTask, collate_retrieval
 from ctiir.datamodules.text import TextMode, compose_query_text, training_text
@@ -119,6 +119,8 @@ class CTIIRDataModule(L.LightningDataModule):
         self.sources: dict[str, Source] | None = None
         self.preprocessing: Preprocessing | None = None
         self._task_cache: dict[tuple[str, str], list[RetrievalTask]] = {}
+        self._train_loaders: dict[str, DataLoader] = {}
+        self._positions_to_restore: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ sources (override what you have)
     def caption_pairs(self, split: Split) -> list[ImageText]:
@@ -217,31 +219,30 @@ class CTIIRDataModule(L.LightningDataModule):
         tf = self._require_transforms()[0 if train else 1]
         records = self._checked(records, lambda r: [r.image], f"{split} image-text pairs")
 
-        def make(r: ImageText, i: int) -> dict[str, Any]:
+        def make(r: ImageText, i: int, rng: Any) -> dict[str, Any]:
             return {"image": tf(self.load_image(r.image, r.source)), "text": r.text, "image_id": r.image_id}
 
-        return ListDataset(records, make)
+        return DrawnDataset(records, make)
 
     def image_pair_dataset(self, records: Sequence[ImagePair], split: str, train: bool) -> Dataset:
         tf = self._require_transforms()[0 if train else 1]
         records = self._checked(records, lambda r: [r.a, r.b], f"{split} image pairs")
 
-        def make(r: ImagePair, i: int) -> dict[str, Any]:
+        def make(r: ImagePair, i: int, rng: Any) -> dict[str, Any]:
             return {
                 "image_a": tf(self.load_image(r.a, r.source)),
                 "image_b": tf(self.load_image(r.b, r.source)),
                 "target_id": r.b_id,
             }
 
-        return ListDataset(records, make)
+        return DrawnDataset(records, make)
 
     def triplet_dataset(self, records: Sequence[Triplet], split: str, train: bool) -> Dataset:
         tf = self._require_transforms()[0 if train else 1]
         records = self._checked(records, lambda r: [r.reference, r.target], f"{split} triplets")
         mode = self.train_text_mode if train else "clip4cir"
-        rng = random.Random(self.seed)
 
-        def make(r: Triplet, i: int) -> dict[str, Any]:
+        def make(r: Triplet, i: int, rng: Any) -> dict[str, Any]:
             return {
                 "reference": tf(self.load_image(r.reference, r.source)),
                 "target": tf(self.load_image(r.target, r.source)),
@@ -249,7 +250,7 @@ class CTIIRDataModule(L.LightningDataModule):
                 "target_id": r.target_id,
             }
 
-        return ListDataset(records, make)
+        return DrawnDataset(records, make)
 
     def source_dataset(self, source: Source, split: Split, train: bool) -> Dataset:
         """The dataset of one training source (``DataRequest.sources`` names them)."""
@@ -273,16 +274,26 @@ class CTIIRDataModule(L.LightningDataModule):
         return {key: self.source_dataset(source, split, train) for key, source in self.sources.items()}
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
+        """A loader; a shuffled (training) one is a ``ResumableLoader`` whose order, augmentation and position
+        derive from ``seed`` and the epoch (``ctiir.datamodules.sampling``), so a resumed run replays them."""
+        common = dict(
             batch_size=batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate_retrieval,
             drop_last=drop_last,
-            generator=generator,
             persistent_workers=self.num_workers > 0,
+        )
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **common)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # Its own generator: creating an iterator then draws its worker base seed from it, not from the
+        # process-wide RNG, whose state (dropout) the stage keeps in the checkpoint.
+        return ResumableLoader(
+            dataset,
+            sampler=EpochSampler(dataset, self.seed, replicas, rank),
+            generator=torch.Generator().manual_seed(self.seed),
+            **common,
         )
 
     @staticmethod
@@ -296,9 +307,31 @@ class CTIIRDataModule(L.LightningDataModule):
         for key, ds in datasets.items():
             if len(ds) < 2:
                 raise ValueError(f"{self.name}: training set {key!r} has {len(ds)} entries; need at least 2")
-        return self._combined(
-            {k: self._loader(ds, True, self.batch_size, drop_last=len(ds) > self.batch_size) for k, ds in datasets.items()}
-        )
+        self._train_loaders = {
+            k: self._loader(ds, True, self.batch_size, drop_last=len(ds) > self.batch_size) for k, ds in datasets.items()
+        }
+        self._restore_positions()
+        return self._combined(self._train_loaders)
+
+    # ------------------------------------------------------------------ exact resume
+    def state_dict(self) -> dict[str, Any]:
+        """Where each training loader is (epoch, pass, batches delivered), saved with every checkpoint.
+
+        Lightning also saves such loader states in its loop state, but does not give them back when
+        ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (Lightning issue #20550), as
+        the ctiir stages do; the datamodule's own state is always restored.
+        """
+        positions = {k: loader.state_dict() for k, loader in self._train_loaders.items() if isinstance(loader, ResumableLoader)}
+        return {"train_positions": positions} if positions else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._positions_to_restore = dict(state_dict.get("train_positions", {}))
+        self._restore_positions()
+
+    def _restore_positions(self) -> None:
+        for key, loader in self._train_loaders.items():
+            if key in self._positions_to_restore and isinstance(loader, ResumableLoader):
+                loader.load_state_dict(self._positions_to_restore.pop(key))
 
     def val_dataloader(self) -> Any:
         """Validation *loss* batches. Retrieval metrics come from the ``RetrievalEvaluation`` callback."""

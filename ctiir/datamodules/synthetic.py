@@ -649,8 +649,39 @@ def _files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()}
 
 
+def _inside(root: Path, name: str) -> bool:
+    """Whether ``root / name`` is a plain relative path that stays inside ``root`` (symbolic links followed)."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        return False
+    return (root / relative).resolve().is_relative_to(root.resolve())
+
+
+def _check_own_files(root: Path, meta: dict[str, Any], files: Sequence[str]) -> None:
+    """Refuse to delete unless every file the metadata lists is one this generator writes for its seed and
+    size (its own list, rebuilt), and lies inside ``root``: a tampered ``synthetic.json`` cannot make
+    ``--overwrite`` delete anything else."""
+    if meta["size"] not in SIZES or meta["version"] != VERSION:
+        raise SyntheticOutputError(
+            f"{root / META_FILE}: written by generator version {meta['version']} (size {meta['size']!r}); this is "
+            f"version {VERSION}, which cannot rebuild that file list to check it; refusing to delete anything in "
+            f"{root} (remove the folder yourself, or choose another --out)"
+        )
+    own = set(expected_files(_build(meta["seed"], meta["size"])))
+    strays = [f for f in files if f not in own or not _inside(root, f)]
+    if strays:
+        shown = ", ".join(repr(f) for f in strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
+        raise SyntheticOutputError(
+            f"{root / META_FILE} lists files that this generator did not write for seed={meta['seed']}, "
+            f"size={meta['size']!r}, version={meta['version']} ({shown}); refusing to delete anything in {root}"
+        )
+
+
 def _remove_dataset(root: Path, files: Sequence[str]) -> None:
     """Delete exactly the given files and then the directories they leave empty (never anything else)."""
+    outside = [name for name in files if not _inside(root, name)]
+    if outside:
+        raise SyntheticOutputError(f"refusing to delete {outside[0]!r}: not inside {root}")
     for name in files:
         (root / name).unlink(missing_ok=True)
     for sub in ("images", "stage1/images", "stage1", "stage2", "captions", "image_splits"):
@@ -702,6 +733,7 @@ def generate(
                 f"version={meta['version']}, not seed={seed}, size={size!r}, version={VERSION}; "
                 "pass overwrite=True (--overwrite) to replace it"
             )
+        _check_own_files(root, meta, old_files)
         foreign = sorted(_files_under(root) - set(old_files))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -713,9 +745,19 @@ def generate(
     try:
         _write(tmp, _build(seed, size), progress)
         if root.exists():
-            _remove_dataset(root, old_files)
-            root.rmdir()
-        os.replace(tmp, root)
+            # Swap by two renames, then delete the old files: a run stopped at any point leaves the old
+            # dataset whole (in ``root``, or in the ``.old-`` sibling), never half deleted.
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, old)
+            try:
+                os.replace(tmp, root)
+            except BaseException:
+                os.replace(old, root)  # put the old dataset back where it was
+                raise
+            _remove_dataset(old, old_files)
+            old.rmdir()
+        else:
+            os.replace(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)  # our own temporary directory: an interrupted or failed run leaves nothing

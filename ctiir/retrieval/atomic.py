@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ctiir.io import write_atomic
+
 JOURNAL = ".commit.json"
 _TMP_MARK = ".tmp-"
 
@@ -40,19 +42,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """One file, atomically: a temporary in the same folder, flushed, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _roll_forward(folder: Path, journal: Mapping[str, Any]) -> None:
@@ -100,7 +89,7 @@ def commit(folder: Path, writers: Mapping[str, Callable[[Path], None]], remove: 
             write(tmp)
             _fsync_file(tmp)
         dropped = [name for name in remove if name not in writers]
-        write_text_atomic(folder / JOURNAL, json.dumps({"files": staged, "remove": dropped}))
+        write_atomic(folder / JOURNAL, json.dumps({"files": staged, "remove": dropped}))
     except BaseException:
         for tmp_name in staged.values():
             (folder / tmp_name).unlink(missing_ok=True)

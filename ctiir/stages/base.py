@@ -27,6 +27,16 @@ from lightning.pytorch.utilities.parsing import AttributeDict
 from transformers import get_cosine_schedule_with_warmup
 
 from ctiir.backbones import Backbone, build_backbone
+from ctiir.checkpoints import (
+    RNG_KEY,
+    SAFE_GLOBALS,
+    CheckpointError,
+    check_lightning,
+    check_stage_hparams,
+    load_checkpoint,
+    rng_states,
+    set_rng_states,
+)
 from ctiir.datamodules.request import DataRequest, Source
 from ctiir.datamodules.transforms import Preprocessing, build_transforms
 from ctiir.fusion import Fused, Fusion, build_fusion
@@ -72,6 +82,25 @@ def fusion_class(path: str) -> type[Fusion]:
         known = ", ".join(FUSIONS.names())
         raise ValueError(f"fusion {path!r} is neither a registered fusion name ({known}) nor a Fusion class path")
     return cls
+
+
+def check_fusion(fusion: FusionArg) -> None:
+    """Check that a fusion's name or class path resolves, without building it (a config's pre-flight).
+
+    An unknown name is a ``ValueError`` listing the registered fusions; a bad class path names what failed.
+    """
+    if isinstance(fusion, Fusion):
+        return
+    if isinstance(fusion, Mapping):
+        fusion = fusion.get("class_path") or fusion.get("name")  # type: ignore[assignment]
+        if fusion is None:
+            return  # resolve_fusion reports the missing key
+    if not isinstance(fusion, str):
+        raise TypeError(f"fusion must be a name, a class path, a config dict or a Fusion, got {type(fusion).__name__}")
+    if "." in fusion:
+        fusion_class(fusion)
+    elif fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; known fusions: {', '.join(FUSIONS.names())}")
 
 
 def resolve_fusion(fusion: FusionArg, fusion_kwargs: dict[str, Any] | None, embed_dim: int) -> Fusion:
@@ -201,6 +230,52 @@ class CTIIRStage(L.LightningModule):
         """
         return AttributeDict(copy.deepcopy(dict(self.hparams)))
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path | Any,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` (``ctiir.checkpoints``).
+
+        A file that is missing, corrupt, tampered with, not a Lightning checkpoint, or without the
+        ``hyper_parameters`` that rebuild the model (backbone, fusion) is a ``CheckpointError`` naming it.
+        """
+        if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
+            # Maps the tensors: a cheap check before Lightning reads the file (with the same weights_only).
+            ckpt = load_checkpoint(checkpoint_path, mmap=True, weights_only=weights_only is not False)
+            check_lightning(ckpt, checkpoint_path)
+            if hparams_file is None:
+                check_stage_hparams(ckpt, checkpoint_path, kwargs)
+            del ckpt
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True if weights_only is None else weights_only,
+                **kwargs,
+            )
+
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the process-wide RNG states (dropout draws from them), so that a resumed run continues them.
+
+        The data side (order, crops, caption order) is derived from the seed and the epoch and its position
+        saved by the loader (``ctiir.datamodules.sampling``); together they make a resumed run exact.
+        """
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only when resuming training: loading weights for inference must not reseed the caller's RNGs.
+        if self._trainer is not None and self.trainer.state.fn == "fit" and RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
+
     # ------------------------------------------------------------------ data and preprocessing
     def data_request(self, inference: bool = False) -> DataRequest:
         """What this stage needs from a datamodule: its training sources, its backbone's transforms and the
@@ -236,9 +311,11 @@ class CTIIRStage(L.LightningModule):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from: checkpoint {path} not found")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if "state_dict" not in ckpt:
-            raise ValueError(f"init_from: {path} is not a Lightning checkpoint (no 'state_dict')")
+        try:
+            ckpt = load_checkpoint(path)  # weights_only=True: a crafted pickle is refused, never run
+            check_lightning(ckpt, path, keys=("state_dict",))
+        except CheckpointError as err:
+            raise CheckpointError(f"init_from: {err}") from err.__cause__
         theirs = (ckpt.get("hyper_parameters") or {}).get("backbone")
         ours = self.hparams["backbone"]
         if isinstance(theirs, dict) and architecture(theirs) != architecture(ours):
