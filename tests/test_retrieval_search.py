@@ -3,6 +3,7 @@ helpers, FAISS backends, result pictures and ``ctiir search``."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -192,6 +193,28 @@ def test_render_grid_frames_the_target_and_says_when_it_is_missing() -> None:
     assert any(r > 150 and g < 80 and b < 80 for r, g, b in second_row.getdata())  # red "target not in top 3"
     with pytest.raises(ValueError):
         render_grid([])
+
+
+# ------------------------------------------------------------------------------------------ NaN queries
+def test_nan_queries_are_errors_never_rankings(setup, retriever: Retriever) -> None:
+    """Issue 9's catalogue, "NaN embeddings" in a query: ``topk`` would rank the gallery arbitrarily for it."""
+    tensor = eval_transform(setup.module)(Image.open(setup.gallery / "a/0.png").convert("RGB"))
+    tensor[0, 3, 3] = float("nan")
+    with pytest.raises(QueryError, match="float image tensor holds NaN or infinite values"):
+        retriever.search(image=tensor, k=3)
+    # A model whose image tower gives NaN (its weights hold NaN) beside a good index: image and composed
+    # queries are refused by number, and nothing is searched; its text queries stay finite and are answered.
+    diverged = copy.deepcopy(setup.module)
+    diverged.backbone.model.visual.ln_post.weight.data.fill_(float("nan"))
+    broken = Retriever(diverged, retriever.index)
+    image = setup.gallery / "b/3.png"
+    with pytest.raises(QueryError, match=r"NaN or infinite embedding for 1 of 1 queries \(query 0\)"):
+        broken.search(image=image, k=3)
+    with pytest.raises(QueryError, match=r"for 2 of 3 queries \(query 1, 2\)"):
+        broken.search_batch([None, image, image], ["is red", None, "is blue"], k=3)
+    with pytest.raises(QueryError, match=r"for 1 of 1 queries \(query 4\)"):  # numbered across batches
+        broken.search_batch([None] * 4 + [image], ["is red"] * 5, k=3, batch_size=2)
+    assert broken.search(text="is red", k=3).ids == retriever.search(text="is red", k=3).ids
 
 
 # ------------------------------------------------------------------------------------------ ctiir search
