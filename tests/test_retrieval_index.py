@@ -335,21 +335,30 @@ def test_unreadable_images_are_skipped_with_their_paths_or_refused_with_strict(c
     assert not (tmp_path / "strict" / "manifest.json").exists()
 
 
-def test_index_command_reports_skips_and_exit_codes(ckpt: Path, gallery: Path, tmp_path: Path, capsys) -> None:
+def test_index_command_reports_skips_and_exit_codes(ckpt: Path, gallery: Path, tmp_path: Path, capsys, caplog) -> None:
     from ctiir.cli import main
 
     (gallery / "broken.jpg").write_bytes(b"nope")
-    args = ["index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "idx"), "--accelerator", "cpu"]
+    args = ["index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "idx"), "--accelerator=cpu", "--progress_bar=false"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "8 images" in captured.out and "1 unreadable images skipped" in captured.out
-    assert "broken.jpg" in captured.err
-    assert main([*args, "--strict"]) == 1
+    # each skipped image is named by the library's warning (stderr in a terminal; pytest's log capture here)
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "broken.jpg" in r.getMessage()]
+    assert main([*args, "--strict=true"]) == 1
     assert "broken.jpg" in capsys.readouterr().err
-    assert main(["index", "--ckpt", str(ckpt), "--out", str(tmp_path / "x")]) == 2
-    assert main(["index", "--ckpt", str(ckpt), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
-    assert "is not a folder" in capsys.readouterr().err
-    assert main(["index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--dtype", "int8"]) == 2
+    usage = [
+        ["--ckpt", str(ckpt), "--out", str(tmp_path / "x")],  # neither --images nor --dataset
+        ["--ckpt", str(ckpt), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+        ["--ckpt", str(tmp_path / "none.ckpt"), "--images", str(gallery), "--out", str(tmp_path / "x")],
+        ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--dtype", "int8"],
+        ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--strict"],  # a boolean takes a value
+    ]
+    for extra, named in zip(usage, ["exactly one of", "missing not found", "none.ckpt not found", "int8", "--strict"], strict=True):
+        assert main(["index", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("ctiir index: error:") and named in err, err
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------------------ a dataset's gallery
@@ -364,13 +373,15 @@ def test_index_a_datamodule_gallery_from_a_yaml_config(ckpt: Path, tmp_path: Pat
         f"  init_args: {{root: {root}, size: tiny, batch_size: 8}}\n"
     )
     out = tmp_path / "idx"
-    code = main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "synthetic/dress", "--out", str(out), "--accelerator", "cpu"])
+    code = main(
+        ["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "synthetic/dress", "--out", str(out), "--accelerator=cpu", "--progress_bar=false"]
+    )
     assert code == 0, capsys.readouterr().err
     index = load_index(out)
     assert index.manifest["source"]["kind"] == "dataset" and len(index) > 8
     assert all(not i.endswith(".png") for i in index.ids)  # the dataset's names, not file paths
     assert all(index.image_path(r).is_file() for r in range(len(index)))
-    assert main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "nope", "--out", str(out)]) == 1
+    assert main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "nope", "--out", str(out), "--accelerator=cpu"]) == 1
     assert "not one of the dataset's test tasks" in capsys.readouterr().err
 
 

@@ -294,9 +294,9 @@ def test_soak_ten_thousand_queries_keep_memory_flat(setup, retriever: Retriever)
 def test_search_command_table_json_picture_and_target(setup, tmp_path: Path, capsys) -> None:
     from ctiir.cli import main
 
-    base = ["search", "--ckpt", str(setup.ckpt), "--index", str(setup.index)]
+    base = ["search", "--ckpt", str(setup.ckpt), "--index", str(setup.index), "--device=cpu"]
     image = str(setup.gallery / "a/2.jpg")
-    assert main([*base, "--image", image, "-k", "3", "--json"]) == 0
+    assert main([*base, "--image", image, "-k", "3", "--json=true"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["results"][0]["id"] == "a/2.jpg" and [r["rank"] for r in payload["results"]] == [1, 2, 3]
     out = tmp_path / "results.png"
@@ -304,13 +304,51 @@ def test_search_command_table_json_picture_and_target(setup, tmp_path: Path, cap
     printed = capsys.readouterr().out
     assert code == 0 and "target a/2.jpg: rank" in printed and "w_img" in printed
     assert Image.open(out).size[0] > 4 * 160
-    assert main([*base, "--text", "is green", "-k", "1", "--target", payload["results"][2]["id"], "--json"]) == 0
+    assert main([*base, "--text", "is green", "-k", "1", "--target", payload["results"][2]["id"], "--json=true"]) == 0
     assert json.loads(capsys.readouterr().out)["target"]["id"] == payload["results"][2]["id"]
-    assert main([*base, "--image", image, "-k", "1", "--target", payload["results"][2]["id"]]) == 0
+    assert main([*base, "--image", image, "-k", "1", "--target", payload["results"][2]["id"], "--json=false"]) == 0
     assert "is not in the top 1" in capsys.readouterr().out
-    assert main([*base, "--text", "x", "--target", "nope.png"]) == 1
-    assert "'nope.png' is not an id of the index" in capsys.readouterr().err
-    assert main([*base, "-k", "3"]) == 2
-    assert main([*base, "--text", "x", "-k", "zero"]) == 2
-    assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(tmp_path / "none"), "--text", "x"]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert main([*base, "--text", "x", "-k", "20", "--json=true"]) == 0  # k above the gallery size: all, and said so
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["results"]) == 8 and "the index holds 8 images" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--text", "x", "--target", "nope.png"], "'nope.png' is not an id of the index"),
+        (["-k", "3"], "give --image, --text, or both"),
+        (["--text", "x", "-k", "zero"], "zero"),
+        (["--text", "x", "-k", "0"], "-k must be >= 1"),
+        (["--text", "x", "--json"], "--json"),  # a boolean takes a value: --json=true
+        (["--image", "absent.png"], "--image: absent.png not found"),
+        (["--text", "x", "--device", "tpu"], "'tpu'"),
+        (["--text", "x", "--verbose=true"], "--verbose"),  # ctiir --verbose search ..., not a search option
+    ],
+)
+def test_search_command_usage_errors(setup, capsys, extra: list[str], named: str) -> None:
+    from ctiir.cli import main
+
+    assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(setup.index), "--device=cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctiir search: error:") and named in err and "Traceback" not in err, err
+
+
+def test_search_command_data_errors(setup, tmp_path: Path, capsys) -> None:
+    """Exit 1 when the work fails on the data: an index of another checkpoint (both named), a missing index
+    folder's files, an unreadable image."""
+    from ctiir.cli import main
+
+    other = save_checkpoint(tmp_path / "other.ckpt", seed=1)
+    assert main(["search", "--ckpt", str(other), "--index", str(setup.index), "--text", "x", "--device=cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ctiir search: index ") and str(setup.ckpt.resolve()) in err and f"not from {other}" in err, err
+    (tmp_path / "empty").mkdir()
+    assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(tmp_path / "empty"), "--text", "x", "--device=cpu"]) == 1
+    assert "is not a ctiir index" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"no")
+    assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(setup.index), "--image", str(broken), "--device=cpu"]) == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(tmp_path / "none"), "--text", "x"]) == 2
+    assert "--index: " in capsys.readouterr().err
