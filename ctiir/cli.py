@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from importlib import import_module
 from typing import NamedTuple
@@ -59,6 +60,10 @@ VERBOSE_FLAGS = ("-v", "--verbose")
 VERBOSE_ENV = "CTIIR_VERBOSE"
 # Lightning advertises its cloud services at every Trainer start ("💡 Tip: ... litlogger", "... litmodels").
 LIGHTNING_TIP = "💡 Tip"
+# Deprecation warnings about one library's use of another, which no user can act on; shown with --verbose.
+# Lightning 2.6's CombinedLoader builds a torch ``LeafSpec``, which recent torch deprecates: one FutureWarning
+# at every dataloader setup (``ctiir fit``, ``ctiir index``, ...).
+LIBRARY_INTERNAL_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 LIGHTNING_RANK_ZERO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
@@ -119,6 +124,8 @@ def configure_logging(verbose: bool) -> None:
             logger.removeFilter(existing)
         if not verbose:
             logger.addFilter(DropLightningTips())
+    for message in LIBRARY_INTERNAL_WARNINGS:  # "default": Python's own behaviour, put back in front by --verbose
+        warnings.filterwarnings("default" if verbose else "ignore", message=message, category=FutureWarning)
 
 
 def _overview() -> str:

@@ -13,7 +13,9 @@ from ctiir.cli import OWN_COMMANDS, main
 from ctiir.cliargs import resolve_device
 
 # The commands that take options (``config`` takes only a name).
-COMMANDS = ("synth", "progressive", "check-data", "cirr-submission")
+COMMANDS = ("synth", "progressive", "check-data", "cirr-submission", "index", "search", "serve")
+# Commands with nothing to show a progress bar for: one query (search), a server that runs until stopped (serve).
+WITHOUT_PROGRESS = ("search", "serve")
 
 
 def help_text(capsys: pytest.CaptureFixture[str], command: str) -> str:
@@ -31,8 +33,9 @@ def test_every_command_spells_options_with_underscores_and_one_progress_flag(
     options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", text))
     assert options, text
     assert not [o for o in options if "-" in o[2:]], f"hyphenated options: {sorted(options)}"
-    assert "--progress_bar" in options and "--config" in options
-    assert not options & {"--quiet", "--no_progress", "--no-progress"}
+    assert "--config" in options
+    assert ("--progress_bar" in options) == (command not in WITHOUT_PROGRESS), sorted(options)
+    assert not options & {"--quiet", "--no_progress", "--no-progress", "--verbose"}  # ctiir --verbose <command>
 
 
 def test_own_commands_are_all_checked() -> None:
@@ -49,6 +52,12 @@ def test_own_commands_are_all_checked() -> None:
         (["cirr-submission", "--ckpt=x", "--root=.", "--out=o", "--batch-size=3"], "--batch-size"),
         (["progressive", "--run-dir=x"], "--run-dir"),
         (["synth", "--out", "x", "--size=huge"], "huge"),
+        (["index", "--ckpt=x", "--images=.", "--out=o", "--batch-size=3"], "--batch-size"),
+        (["index", "--ckpt=x", "--images=.", "--out=o", "--update"], "--update"),  # a boolean takes a value
+        (["search", "--ckpt=x", "--index=i", "--text=t", "--json"], "--json"),
+        (["search", "--ckpt=x", "--index=i", "--text=t", "--verbose"], "--verbose"),
+        (["serve", "--ckpt=x", "--index=i", "--max-k=3"], "--max-k"),
+        (["serve", "--ckpt=x", "--index=i", "--accelerator=cpu"], "--accelerator"),
     ],
 )
 def test_a_bad_command_line_is_a_short_usage_error(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -213,11 +214,14 @@ def test_update_refuses_another_checkpoint_and_another_dtype(ckpt: Path, module,
 
 # ------------------------------------------------------------------------------------------ load checks
 def test_another_checkpoint_or_backbone_is_refused(ckpt: Path, module, gallery: Path, tmp_path: Path) -> None:
+    """Issue 9's catalogue, "an index from another model": an error that names both checkpoints."""
     out = tmp_path / "index"
     build(ckpt, module, gallery, out)
-    other = save_checkpoint(tmp_path / "other.ckpt", seed=1)
-    with pytest.raises(IndexMismatchError, match="not from this one"):
+    other = save_checkpoint(tmp_path / "other.ckpt", seed=1)  # the same architecture: only the weights differ
+    with pytest.raises(IndexMismatchError) as info:
         Retriever.from_checkpoint(other, out)
+    message = str(info.value)
+    assert f"built from checkpoint {ckpt.resolve()}" in message and f"not from {other}" in message, message
     cfg = copy.deepcopy(module.hparams["backbone"]["model_cfg"])
     cfg["embed_dim"] = 64
     small = save_checkpoint(tmp_path / "small.ckpt", backbone={"name": "tiny", "model_cfg": cfg})
@@ -265,6 +269,60 @@ def test_changed_embeddings_and_inconsistent_counts_are_errors(ckpt: Path, modul
         load_index(out)
 
 
+# ------------------------------------------------------------------------------------------ NaN embeddings
+def rewrite_embeddings(folder: Path, embeddings: torch.Tensor) -> None:
+    """Replace an index's embeddings and make the manifest's hash agree: an index written with NaN rows by an
+    older ctiir or another tool, which the hash check alone would accept."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    save_file({"embeddings": embeddings.contiguous()}, str(folder / "embeddings.safetensors"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["embeddings_sha256"] = hashlib.sha256((folder / "embeddings.safetensors").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_nan_or_infinite_embeddings_in_an_index_are_refused(ckpt: Path, module, gallery: Path, tmp_path: Path, dtype: str) -> None:
+    """Issue 9's catalogue, "NaN embeddings" in an index: ``topk`` ranks NaN first, so a NaN row would top every
+    query. Loading refuses it, naming the file and the ids; writing one is refused before anything is replaced."""
+    out = tmp_path / "index"
+    build(ckpt, module, gallery, out, dtype=dtype)
+    index = load_index(out)
+    bad = index.embeddings.clone()
+    bad[index.position("b/3.png"), 5] = float("nan")
+    bad[index.position("7.jpeg"), 0] = float("inf")
+    rewrite_embeddings(out, bad)
+    for verify in (True, False):
+        with pytest.raises(IndexCorruptError, match=r"embeddings.safetensors: NaN or infinite embeddings in 2 rows \(7.jpeg, b/3.png\)"):
+            load_index(out, verify=verify)
+    with pytest.raises(IndexCorruptError, match="NaN or infinite"):
+        Retriever.from_checkpoint(ckpt, out)
+
+    good = tmp_path / "good"
+    build(ckpt, module, gallery, good, dtype=dtype)
+    before = snapshot(good)
+    from ctiir.retrieval.storage import save_index
+
+    with pytest.raises(RetrievalError, match=r"not written: NaN or infinite embeddings in 2 rows \(7.jpeg, b/3.png\)"):
+        save_index(good, index.manifest, index.ids, bad.float(), index.sources)
+    assert snapshot(good) == before
+
+
+def test_a_checkpoint_with_nan_weights_builds_no_index(ckpt: Path, gallery: Path, tmp_path: Path) -> None:
+    """A diverged training's checkpoint (NaN weights) gives NaN embeddings: an error naming the checkpoint and the
+    images, and no index (a previous one stays as it was)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["state_dict"]["backbone.model.visual.ln_post.weight"].fill_(float("nan"))
+    diverged = tmp_path / "diverged.ckpt"
+    torch.save(state, diverged)
+    expected = f"checkpoint {diverged} gave NaN or infinite embeddings for 8 images ({gallery.resolve()}/"
+    with pytest.raises(RetrievalError, match=re.escape(expected)):
+        build_index(diverged, tmp_path / "index", images=gallery, progress=False, trainer_kwargs={"accelerator": "cpu"})
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
 # ------------------------------------------------------------------------------------------ unreadable images
 def test_unreadable_images_are_skipped_with_their_paths_or_refused_with_strict(ckpt: Path, module, gallery: Path, tmp_path: Path) -> None:
     (gallery / "a/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
@@ -277,21 +335,30 @@ def test_unreadable_images_are_skipped_with_their_paths_or_refused_with_strict(c
     assert not (tmp_path / "strict" / "manifest.json").exists()
 
 
-def test_index_command_reports_skips_and_exit_codes(ckpt: Path, gallery: Path, tmp_path: Path, capsys) -> None:
+def test_index_command_reports_skips_and_exit_codes(ckpt: Path, gallery: Path, tmp_path: Path, capsys, caplog) -> None:
     from ctiir.cli import main
 
     (gallery / "broken.jpg").write_bytes(b"nope")
-    args = ["index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "idx"), "--accelerator", "cpu"]
+    args = ["index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "idx"), "--accelerator=cpu", "--progress_bar=false"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "8 images" in captured.out and "1 unreadable images skipped" in captured.out
-    assert "broken.jpg" in captured.err
-    assert main([*args, "--strict"]) == 1
+    # each skipped image is named by the library's warning (stderr in a terminal; pytest's log capture here)
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "broken.jpg" in r.getMessage()]
+    assert main([*args, "--strict=true"]) == 1
     assert "broken.jpg" in capsys.readouterr().err
-    assert main(["index", "--ckpt", str(ckpt), "--out", str(tmp_path / "x")]) == 2
-    assert main(["index", "--ckpt", str(ckpt), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
-    assert "is not a folder" in capsys.readouterr().err
-    assert main(["index", "--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--dtype", "int8"]) == 2
+    usage = [
+        ["--ckpt", str(ckpt), "--out", str(tmp_path / "x")],  # neither --images nor --dataset
+        ["--ckpt", str(ckpt), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+        ["--ckpt", str(tmp_path / "none.ckpt"), "--images", str(gallery), "--out", str(tmp_path / "x")],
+        ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--dtype", "int8"],
+        ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--strict"],  # a boolean takes a value
+    ]
+    for extra, named in zip(usage, ["exactly one of", "missing not found", "none.ckpt not found", "int8", "--strict"], strict=True):
+        assert main(["index", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("ctiir index: error:") and named in err, err
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------------------ a dataset's gallery
@@ -306,13 +373,15 @@ def test_index_a_datamodule_gallery_from_a_yaml_config(ckpt: Path, tmp_path: Pat
         f"  init_args: {{root: {root}, size: tiny, batch_size: 8}}\n"
     )
     out = tmp_path / "idx"
-    code = main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "synthetic/dress", "--out", str(out), "--accelerator", "cpu"])
+    code = main(
+        ["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "synthetic/dress", "--out", str(out), "--accelerator=cpu", "--progress_bar=false"]
+    )
     assert code == 0, capsys.readouterr().err
     index = load_index(out)
     assert index.manifest["source"]["kind"] == "dataset" and len(index) > 8
     assert all(not i.endswith(".png") for i in index.ids)  # the dataset's names, not file paths
     assert all(index.image_path(r).is_file() for r in range(len(index)))
-    assert main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "nope", "--out", str(out)]) == 1
+    assert main(["index", "--ckpt", str(ckpt), "--dataset", str(config), "--task", "nope", "--out", str(out), "--accelerator=cpu"]) == 1
     assert "not one of the dataset's test tasks" in capsys.readouterr().err
 
 

@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         [sys.executable, "-m", "ctiir.cli", "serve", "--ckpt", str(ckpt), "--index", str(root / "index"),
-         "--port", str(port), "--max_k", "6", "--max_upload_mb", "0.5", "--accelerator", "cpu"],
+         "--port", str(port), "--max_k", "6", "--max_upload_mb", "0.5", "--device=cpu"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -157,6 +157,17 @@ def test_serve_refuses_an_index_built_by_another_checkpoint(server, tmp_path: Pa
     from ctiir.retrieval.serve import serve_main
 
     other = save_checkpoint(tmp_path / "other.ckpt", seed=1)
-    assert serve_main(["--ckpt", str(other), "--index", str(server.root / "index"), "--port", str(free_port())]) == 1
-    assert "was not built from" in capsys.readouterr().err
-    assert serve_main(["--ckpt", str(other), "--index", str(server.root / "index"), "--port", "80"]) == 2
+    index = ["--index", str(server.root / "index"), "--device=cpu"]
+    assert serve_main(["--ckpt", str(other), *index, "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ctiir serve: index ") and str((server.root / "model.ckpt").resolve()) in err and f"not from {other}" in err, err
+    for extra, named in [
+        (["--port", "80"], "--port 80 is out of range"),
+        (["--max_k", "0"], "--max_k must be >= 1"),
+        (["--max_upload_mb", "0"], "--max_upload_mb must be > 0"),
+        (["--accelerator", "cpu"], "--accelerator"),  # the device option is --device, as in every command
+        (["--device", "tpu"], "'tpu'"),
+    ]:
+        assert serve_main(["--ckpt", str(other), *index, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("ctiir serve: error:") and named in err, err

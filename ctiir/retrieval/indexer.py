@@ -31,8 +31,10 @@ from ctiir.retrieval.storage import (
     GalleryIndex,
     Sources,
     check_compatible,
+    describe_rows,
     load_index,
     make_manifest,
+    nonfinite_rows,
     read_manifest,
     save_index,
 )
@@ -90,7 +92,7 @@ def build_index(
         if not (out / "manifest.json").is_file():
             raise RetrievalError(f"--update: {out} holds no index to update; build one first without --update")
         manifest = read_manifest(out)
-        check_compatible(manifest, folder=out, backbone=backbone_spec(module), dim=embed_dim(module), ckpt_sha256=ckpt_sha)
+        check_compatible(manifest, folder=out, backbone=backbone_spec(module), dim=embed_dim(module), ckpt_sha256=ckpt_sha, ckpt=ckpt)
         if dtype is not None and dtype != manifest["dtype"]:
             raise RetrievalError(f"--dtype {dtype}: the index at {out} is {manifest['dtype']}; an update keeps its dtype")
         dtype = manifest["dtype"]
@@ -133,6 +135,13 @@ def build_index(
         if result is None:  # another rank of a distributed run: rank 0 writes the index
             return None
         fresh, errors = result
+        nonfinite = [r for r in nonfinite_rows(fresh) if r not in errors]
+        if nonfinite:
+            names = [str(root / files[r].path) for r in plan.encode]
+            raise RetrievalError(
+                f"checkpoint {ckpt} gave NaN or infinite embeddings for {describe_rows(nonfinite, names, 'image')} out of "
+                f"{len(plan.encode)}; nothing was written to {out} (does the checkpoint hold NaN weights, from a diverged training?)"
+            )
     skipped = {str(root / files[plan.encode[i]].path): msg for i, msg in sorted(errors.items())}
     if skipped:
         listing = "\n".join(f"  {msg}" for msg in skipped.values())  # each message names its file

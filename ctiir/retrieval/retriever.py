@@ -22,7 +22,7 @@ from ctiir.retrieval import ann
 from ctiir.retrieval.errors import QueryError, RetrievalError
 from ctiir.retrieval.exact import exact_topk
 from ctiir.retrieval.model import backbone_spec, embed_dim, eval_transform, file_sha256, load_stage, query_embeddings
-from ctiir.retrieval.storage import GalleryIndex, check_compatible, load_index
+from ctiir.retrieval.storage import GalleryIndex, check_compatible, load_index, nonfinite_rows
 
 ImageInput = str | Path | Image.Image | torch.Tensor | bytes
 BACKENDS = ("exact", "faiss")
@@ -79,7 +79,7 @@ class Retriever:
     Args:
         module: a ctiir stage (eval mode).
         index: the loaded ``GalleryIndex``; it must come from ``module``'s checkpoint (checked when
-            ``ckpt_sha256`` is given, as ``from_checkpoint`` does).
+            ``ckpt_sha256`` is given, as ``from_checkpoint`` does; ``ckpt``, its path, names it in the error).
         backend: ``"exact"`` (chunked matmul) or ``"faiss"`` (the index's saved FAISS index).
         max_chunk_bytes: memory bound of exact search's temporaries.
     """
@@ -90,13 +90,16 @@ class Retriever:
         index: GalleryIndex,
         *,
         ckpt_sha256: str | None = None,
+        ckpt: str | Path | None = None,
         backend: str = "exact",
         max_chunk_bytes: int = 32 << 20,
         faiss_gpu: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise RetrievalError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        check_compatible(index.manifest, folder=index.folder, backbone=backbone_spec(module), dim=embed_dim(module), ckpt_sha256=ckpt_sha256)
+        check_compatible(
+            index.manifest, folder=index.folder, backbone=backbone_spec(module), dim=embed_dim(module), ckpt_sha256=ckpt_sha256, ckpt=ckpt
+        )
         self.module = module.eval()
         self.index = index
         self.backend = backend
@@ -124,13 +127,15 @@ class Retriever:
         """Load the checkpoint and its index (on ``index_device``, default ``device``) and check they match."""
         module = load_stage(ckpt, device)
         loaded = load_index(index, device=index_device or device, verify=verify)
-        return cls(module, loaded, ckpt_sha256=file_sha256(ckpt), backend=backend, **kwargs)
+        return cls(module, loaded, ckpt_sha256=file_sha256(ckpt), ckpt=ckpt, backend=backend, **kwargs)
 
     # ------------------------------------------------------------------------------------------ queries
     def _image_tensor(self, image: ImageInput) -> torch.Tensor:
         if isinstance(image, torch.Tensor) and image.is_floating_point():
             if image.ndim != 3:
                 raise QueryError(f"a float image tensor must be one preprocessed (3, H, W) image, got shape {tuple(image.shape)}")
+            if not bool(torch.isfinite(image).all()):
+                raise QueryError("the float image tensor holds NaN or infinite values")
             return image  # already through the model's transform, like a dataset item
         return self.transform(open_image(image))
 
@@ -168,9 +173,20 @@ class Retriever:
                     weights[i] = (float(w[j, 0]), float(w[j, 1]))
         return out, weights
 
-    def rank(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scores, rows)`` (Q, k) for query embeddings, by the chosen backend."""
+    def rank(self, queries: torch.Tensor, k: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores, rows)`` (Q, k) for query embeddings, by the chosen backend.
+
+        A query embedding with a NaN or an infinity is an error (``first`` numbers the queries in it), never a
+        ranking: ``torch.topk`` and FAISS would order the gallery arbitrarily for it.
+        """
         k = self.check_k(k)
+        bad = nonfinite_rows(queries)
+        if bad:
+            numbers = ", ".join(str(first + r) for r in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise QueryError(
+                f"the model gave a NaN or infinite embedding for {len(bad)} of {queries.shape[0]} queries (query {numbers}); "
+                "nothing was searched (does the checkpoint hold NaN weights?)"
+            )
         if self.faiss_index is not None:
             return ann.faiss_search(self.faiss_index, queries, k)
         scores, rows = exact_topk(queries, self.index.embeddings, k, self.max_chunk_bytes)
@@ -200,7 +216,7 @@ class Retriever:
         results: list[SearchResult] = []
         for start in range(0, n, batch_size):
             queries, weights = self.encode(images[start : start + batch_size], texts[start : start + batch_size])
-            scores, rows = self.rank(queries, k)
+            scores, rows = self.rank(queries, k, first=start)
             for j in range(queries.shape[0]):
                 r = [int(x) for x in rows[j] if int(x) >= 0]
                 results.append(

@@ -18,13 +18,16 @@ import base64
 import binascii
 import html
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from ctiir.retrieval.commands import parse, quiet, run
+from ctiir.cliargs import EXIT_OK, add_device, command_parser, run_command
+from ctiir.retrieval.commands import device_option, fail_on_data, require_file
 from ctiir.retrieval.errors import QueryError, RetrievalError
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
 MAX_UPLOAD_MB = 10.0
 
@@ -158,65 +161,67 @@ class PagesMiddleware:
         await self.app(scope, replay, send)
 
 
-def serve_parser() -> Any:
-    from jsonargparse import ActionYesNo
-
-    from ctiir.retrieval.commands import new_parser
-
-    p = new_parser("ctiir serve", "Serve an index over HTTP: POST /search, GET /images/{id}, and a search page at /.")
-    p.add_argument("--ckpt", type=str, required=True)
-    p.add_argument("--index", type=str, required=True)
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", type=str, default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
-    p.add_argument("--backend", type=str, default="exact", choices=["exact", "faiss"])
+def serve_parser() -> ArgumentParser:
+    p = command_parser("serve", "Serve an index over HTTP: POST /search, GET /images/{id}, and a search page at /.")
+    p.add_argument("--ckpt", type=str, required=True, help="the checkpoint that built the index")
+    p.add_argument("--index", type=str, required=True, help="an index folder written by `ctiir index`")
+    p.add_argument("--port", type=int, default=8000, help="1024 to 65535")
+    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"], help="0.0.0.0 (or ::) listens on every interface")
+    p.add_argument("--backend", default="exact", choices=["exact", "faiss"], help="exact (chunked matmul) or the index's FAISS index")
     p.add_argument("--max_k", type=int, default=100, help="the largest k a request may ask for")
     p.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="the largest request body")
     p.add_argument("--max_batch_size", type=int, default=8, help="concurrent queries searched together")
-    p.add_argument("--accelerator", type=str, default="auto", help="where the model runs: auto, cpu or cuda")
-    p.add_argument("--verbose", action=ActionYesNo, default=False)
+    add_device(p)
     return p
 
 
 def serve_main(argv: list[str] | None = None) -> int:
+    """``ctiir serve``: runs until stopped (0); 1 when the index or the checkpoint refuses, 2 on usage."""
     parser = serve_parser()
-    args = parse(parser, argv)
-    if isinstance(args, int):
-        return args
-    for name, value, low in (("--port", args.port, 1024), ("--max_k", args.max_k, 1), ("--max_batch_size", args.max_batch_size, 1)):
-        if value < low or (name == "--port" and value > 65535):
-            print(f"ctiir serve: error: {name} {value} is out of range", file=sys.stderr)
-            return 2
-    if args.max_upload_mb <= 0:
-        print(f"ctiir serve: error: --max_upload_mb must be > 0, got {args.max_upload_mb}", file=sys.stderr)
-        return 2
 
-    def body() -> int:
-        from ctiir.retrieval.model import file_sha256
-        from ctiir.retrieval.storage import read_manifest
+    def serve(args: Namespace) -> int:
+        if not 1024 <= args.port <= 65535:
+            parser.error(f"--port {args.port} is out of range (1024 to 65535)")
+        for option in ("max_k", "max_batch_size"):
+            if getattr(args, option) < 1:
+                parser.error(f"--{option} must be >= 1, got {getattr(args, option)}")
+        if args.max_upload_mb <= 0:
+            parser.error(f"--max_upload_mb must be > 0, got {args.max_upload_mb}")
+        require_file(parser, "--ckpt", args.ckpt)
+        require_file(parser, "--index", args.index, folder=True)
+        device = device_option(parser, args.device)
+        return fail_on_data(parser.prog, lambda: run_server(args, device))
 
-        ls = import_litserve()
-        # Check the pair before starting workers: a mismatch is one clear line here, not a worker crash.
-        manifest = read_manifest(args.index)
-        if not Path(args.ckpt).is_file():
-            raise RetrievalError(f"checkpoint {args.ckpt} not found")
-        if manifest["checkpoint"].get("sha256") != file_sha256(args.ckpt):
-            raise RetrievalError(f"index {args.index} was not built from {args.ckpt} (checkpoint sha256 differs); rebuild it with `ctiir index`")
-        max_bytes = int(args.max_upload_mb * 2**20)
-        from ctiir.retrieval.litapi import SearchAPI
+    return run_command(parser, argv, serve)
 
-        api = SearchAPI(args.ckpt, args.index, backend=args.backend, max_k=args.max_k, max_batch_size=args.max_batch_size)
-        with quiet(args.verbose):
-            server = ls.LitServer(
-                api,
-                accelerator=args.accelerator,
-                devices=1,
-                workers_per_device=1,
-                timeout=60,
-                max_payload_size=max_bytes,
-                middlewares=[(PagesMiddleware, {"index": args.index, "max_k": args.max_k, "max_bytes": max_bytes})],
-            )
-        print(f"serving {manifest['count']} images from {args.index} at http://{args.host}:{args.port}/", flush=True)
-        server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1, log_level="info" if args.verbose else "warning")
-        return 0
 
-    return run("ctiir serve", body)
+def run_server(args: Namespace, device: Any) -> int:
+    import logging
+
+    from ctiir.retrieval.model import file_sha256
+    from ctiir.retrieval.storage import check_checkpoint, read_manifest
+
+    ls = import_litserve()
+    # Check the pair before starting workers: a mismatch is one clear line here, not a worker crash.
+    manifest = read_manifest(args.index)
+    check_checkpoint(manifest, folder=Path(args.index), ckpt_sha256=file_sha256(args.ckpt), ckpt=args.ckpt)
+    max_bytes = int(args.max_upload_mb * 2**20)
+    from ctiir.retrieval.litapi import SearchAPI
+
+    api = SearchAPI(
+        args.ckpt, args.index, backend=args.backend, max_k=args.max_k, max_batch_size=args.max_batch_size, device=str(device)
+    )
+    server = ls.LitServer(
+        api,
+        accelerator=device.type,
+        devices=1,
+        workers_per_device=1,
+        timeout=60,
+        max_payload_size=max_bytes,
+        middlewares=[(PagesMiddleware, {"index": args.index, "max_k": args.max_k, "max_bytes": max_bytes})],
+    )
+    print(f"serving {manifest['count']} images from {args.index} at http://{args.host}:{args.port}/ (model on {device})", flush=True)
+    # The HTTP server's access log follows `ctiir --verbose` (the root logger's level, set once by ctiir.cli).
+    log_level = "info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning"
+    server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1, log_level=log_level)
+    return EXIT_OK

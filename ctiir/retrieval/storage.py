@@ -39,6 +39,30 @@ MANIFEST = "manifest.json"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+def nonfinite_rows(embeddings: torch.Tensor, chunk_rows: int = 65536) -> list[int]:
+    """The rows of ``embeddings`` that hold a NaN or an infinity (an empty list when all are finite).
+
+    Why it matters: ``torch.topk`` ranks NaN above every number, so one NaN gallery row would come first for
+    every query, and a NaN query would rank the gallery arbitrarily: confident nonsense, never an error.
+    Scanned by chunks, with a float32 sum per chunk as the fast path (a NaN or an infinity makes the sum
+    non-finite), so a large index is read once and no (N, D) temporary is made.
+    """
+    bad: list[int] = []
+    for start in range(0, embeddings.shape[0], chunk_rows):
+        chunk = embeddings[start : start + chunk_rows]
+        if bool(torch.isfinite(chunk.sum(dtype=torch.float32))):
+            continue
+        rows = (~torch.isfinite(chunk)).any(dim=1).nonzero().flatten()  # the sum may also overflow: look row by row
+        bad.extend(int(r) + start for r in rows)
+    return bad
+
+
+def describe_rows(rows: list[int], names: list[str], noun: str = "row", shown: int = 5) -> str:
+    """``"3 rows (a.png, b.png, c.png)"``: a short listing of ``names[rows]`` for an error message."""
+    listed = ", ".join(names[r] for r in rows[:shown]) + (", ..." if len(rows) > shown else "")
+    return f"{len(rows)} {noun}{'s' if len(rows) != 1 else ''} ({listed})"
+
+
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, indent=1, ensure_ascii=False).encode("utf-8")
 
@@ -153,6 +177,9 @@ def save_index(
         )
     if len(set(ids)) != len(ids):
         raise RetrievalError(f"index {folder}: gallery ids must be unique")
+    bad = nonfinite_rows(embeddings)
+    if bad:
+        raise RetrievalError(f"index {folder}: not written: NaN or infinite embeddings in {describe_rows(bad, ids)}")
     data = embeddings.detach().to("cpu", DTYPES[dtype]).contiguous()
     ids_bytes = _json_bytes(ids)
     sources_bytes = _json_bytes(sources.to_dict())
@@ -268,10 +295,24 @@ def load_index(folder: str | Path, device: str | torch.device = "cpu", verify: b
         )
     if embeddings.dtype != DTYPES[manifest["dtype"]]:
         raise IndexCorruptError(f"{emb_path}: dtype {embeddings.dtype}, the manifest says {manifest['dtype']}")
+    bad = nonfinite_rows(embeddings)
+    if bad:
+        raise IndexCorruptError(
+            f"{emb_path}: NaN or infinite embeddings in {describe_rows(bad, ids)}; searching them would rank them "
+            "first for every query (rebuild the index with `ctiir index`)"
+        )
     return GalleryIndex(folder, manifest, ids, embeddings, sources)
 
 
-def check_compatible(manifest: dict[str, Any], *, folder: Path, backbone: dict[str, Any], dim: int, ckpt_sha256: str | None) -> None:
+def check_compatible(
+    manifest: dict[str, Any],
+    *,
+    folder: Path,
+    backbone: dict[str, Any],
+    dim: int,
+    ckpt_sha256: str | None,
+    ckpt: str | Path | None = None,
+) -> None:
     """The index must come from this model: the same backbone architecture, dimension and checkpoint.
 
     Embeddings of another model live in another space; searching them would return confident nonsense.
@@ -282,9 +323,21 @@ def check_compatible(manifest: dict[str, Any], *, folder: Path, backbone: dict[s
         raise IndexMismatchError(f"index {folder} was built with backbone {theirs}, but the model uses {ours}")
     if int(manifest["dim"]) != int(dim):
         raise IndexMismatchError(f"index {folder} holds {manifest['dim']}-d embeddings, but the model makes {dim}-d ones")
-    if ckpt_sha256 is not None and manifest["checkpoint"].get("sha256") != ckpt_sha256:
-        raise IndexMismatchError(
-            f"index {folder} was built from checkpoint {manifest['checkpoint'].get('path')} "
-            f"(sha256 {str(manifest['checkpoint'].get('sha256'))[:12]}...), not from this one (sha256 {ckpt_sha256[:12]}...); "
-            "rebuild the index with this checkpoint"
-        )
+    if ckpt_sha256 is not None:
+        check_checkpoint(manifest, folder=folder, ckpt_sha256=ckpt_sha256, ckpt=ckpt)
+
+
+def check_checkpoint(manifest: dict[str, Any], *, folder: Path, ckpt_sha256: str, ckpt: str | Path | None = None) -> None:
+    """The index must come from this very checkpoint (by sha256); the error names both checkpoints.
+
+    Checked by itself (before any model is loaded) where a mismatch should stop a command early.
+    """
+    built = manifest["checkpoint"]
+    if built.get("sha256") == ckpt_sha256:
+        return
+    this = f"{ckpt} " if ckpt is not None else "this one "
+    raise IndexMismatchError(
+        f"index {folder} was built from checkpoint {built.get('path')} (sha256 {str(built.get('sha256'))[:12]}...), "
+        f"not from {this}(sha256 {ckpt_sha256[:12]}...); search it with the checkpoint that built it, "
+        "or rebuild the index with this checkpoint"
+    )
