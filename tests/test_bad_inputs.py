@@ -109,7 +109,8 @@ def task(gallery: int, queries: int, ks: tuple[int, ...] = (1, 5)) -> RetrievalT
 
 def evaluate(module: L.LightningModule, t: RetrievalTask) -> dict[str, float]:
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    return RetrievalEvaluation()._evaluate_task(trainer, module, t, batch_size=4, num_workers=0)
+    metrics, _ = RetrievalEvaluation()._evaluate_task(trainer, module, t, batch_size=4, num_workers=0, prefix="val")
+    return metrics
 
 
 def test_nan_embeddings_are_errors_naming_the_task_and_the_items() -> None:
