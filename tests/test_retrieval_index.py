@@ -128,7 +128,7 @@ def test_hard_kill_before_the_commit_point_leaves_the_previous_index(ckpt: Path,
         import ctiir.retrieval.atomic as atomic
         from ctiir.retrieval.storage import load_index, save_index
         old = load_index({str(out)!r})
-        atomic.write_text_atomic = lambda *a, **k: os._exit(3)   # die right at the commit point
+        atomic.write_atomic = lambda *a, **k: os._exit(3)   # die right at the commit point (the journal write)
         save_index({str(out)!r}, old.manifest, old.ids[:3], torch.randn(3, old.dim), old.sources.select([0, 1, 2]))
         """
     )
