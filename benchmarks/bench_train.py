@@ -210,7 +210,7 @@ def max_weight_difference(a: torch.nn.Module | None, b: torch.nn.Module | None) 
 
 # ---------------------------------------------------------------------------------------------- report
 def spread(values: list[float], fmt: str) -> str:
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(", ".join(f"{row['diffs'][s]:.1e}" for s in others))
             print("| " + " | ".join(cells) + " |")
     print("\nSamples/s: median (min-max) over repeats, by the wall clock and by the process's CPU time. Overhead: "
-          "median (min-max) over repeats of 1 - lightning/bare samples/s, each ratio from one repeat's pair of runs "
+          "median (min to max) over repeats of 1 - lightning/bare samples/s, each ratio from one repeat's pair of runs "
           "(negative: Lightning was faster); goal: at most 5 %. Weight diff: the largest difference between the "
           "final weights of Lightning's and the bare loop's runs.")
     return 0
