@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             cells += [spread([100 * (1 - r) for r in row["ratios"][s, clock]], "+.1f") + " %" for s in others]
             cells.append(", ".join(f"{row['diffs'][s]:.1e}" for s in others))
             print("| " + " | ".join(cells) + " |")
-    print("\nSamples/s: median (min-max) over repeats, by the wall clock and by the process's CPU time. Overhead: "
+    print("\nSamples/s: median (min to max) over repeats, by the wall clock and by the process's CPU time. Overhead: "
           "median (min to max) over repeats of 1 - lightning/bare samples/s, each ratio from one repeat's pair of runs "
           "(negative: Lightning was faster); goal: at most 5 %. Weight diff: the largest difference between the "
           "final weights of Lightning's and the bare loop's runs.")
