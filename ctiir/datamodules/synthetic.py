@@ -166,6 +166,7 @@ class SynthSize:
 
 SIZES: dict[str, SynthSize] = {
     "tiny": SynthSize(train_triplets=24, val_queries=20, test_queries=8, stage1_train=48, stage1_val=16),
+    "small": SynthSize(train_triplets=400, val_queries=40, test_queries=8, stage1_train=48, stage1_val=16),
     "default": SynthSize(train_triplets=600, val_queries=100, test_queries=50, stage1_train=4000, stage1_val=400),
     "large": SynthSize(train_triplets=6000, val_queries=500, test_queries=250, stage1_train=40000, stage1_val=2000),
 }
