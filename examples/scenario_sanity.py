@@ -44,6 +44,7 @@ def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as handle:
         json.dump(data, handle, indent=1)
+    os.chmod(handle.name, 0o644)  # a temporary file is private (0600); the result is an ordinary file
     os.replace(handle.name, path)
 
 

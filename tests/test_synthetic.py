@@ -458,6 +458,17 @@ def test_other_synthetic_dataset_needs_overwrite_and_foreign_files_block_it(tmp_
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+def test_a_dataset_of_a_redefined_size_is_not_reused(tmp_path: Path) -> None:
+    out = generate(tmp_path / "ds", seed=0, size="tiny")
+    meta = load(out, META_FILE)
+    meta["size_params"]["train_triplets"] += 1  # as if "tiny" had been written by a version with other counts
+    (out / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(SyntheticOutputError, match=r"size 'tiny' was written with other parameters.*overwrite"):
+        generate(out, seed=0, size="tiny")
+    generate(out, seed=0, size="tiny", overwrite=True)
+    assert load(out, META_FILE)["size_params"]["train_triplets"] == SIZES["tiny"].train_triplets
+
+
 def test_damaged_dataset_is_reported_and_regenerated_only_on_request(tmp_path: Path) -> None:
     out = generate(tmp_path / "ds", seed=0, size="tiny")
     victim = next((out / "images").iterdir())

@@ -194,7 +194,7 @@ SIZES: dict[str, SynthSize] = {
     "default": SynthSize(train_triplets=600, val_queries=100, test_queries=50, stage1_train=4000, stage1_val=400),
     "large": SynthSize(train_triplets=6000, val_queries=500, test_queries=250, stage1_train=40000, stage1_val=2000),
     "ablation": SynthSize(
-        train_triplets=1000, val_queries=1000, test_queries=50, stage1_train=4000, stage1_val=400, vocabulary="extended"
+        train_triplets=600, val_queries=1000, test_queries=50, stage1_train=4000, stage1_val=400, vocabulary="extended"
     ),
 }
 
@@ -962,6 +962,8 @@ def generate(
         missing = [f for f in old_files if not (root / f).is_file()]
         theirs = _mix_of(meta)
         same = (meta["seed"], meta["size"], meta["version"], theirs) == (seed, size, VERSION, mix)
+        stale = same and meta.get("size_params") != _size_params(SIZES[size])  # a size redefined since
+        same = same and not stale
         if same and not missing:
             return root
         if not overwrite:
@@ -969,6 +971,11 @@ def generate(
                 raise SyntheticOutputError(
                     f"{root}: synthetic dataset ({_describe(seed, size, mix)}) is incomplete, {len(missing)} files "
                     f"missing (first: {missing[0]}); pass overwrite=True (--overwrite) to regenerate it"
+                )
+            if stale:
+                raise SyntheticOutputError(
+                    f"{root}: its size {size!r} was written with other parameters ({meta.get('size_params')}) than "
+                    f"this version's ({_size_params(SIZES[size])}); pass overwrite=True (--overwrite) to replace it"
                 )
             raise SyntheticOutputError(
                 f"{root}: holds a synthetic dataset with {_describe(meta['seed'], meta['size'], theirs)}, "
