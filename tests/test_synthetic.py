@@ -20,10 +20,16 @@ from ctiir.datamodules.errors import DataError
 from ctiir.datamodules.synthetic import (
     CATEGORIES,
     META_FILE,
+    SCENARIOS,
     SIZES,
     SyntheticOutputError,
     attribute_values,
     generate,
+    parse_scenarios,
+    query_scenarios,
+    read_metadata,
+    render_garment,
+    scenario_counts,
     synth_main,
 )
 
@@ -31,7 +37,10 @@ ID_RE = re.compile(r"^S[0-9A-Z]{9}$")
 
 # What a caption phrase means, per attribute value. Written from the caption style, not from the generator.
 KEYWORDS: dict[str, dict[str, str]] = {
-    "color": {c: rf"\b{c}\b" for c in ("red", "blue", "green", "yellow", "black", "white", "pink", "purple")},
+    "color": {
+        c: rf"\b{c}\b"
+        for c in ("red", "blue", "green", "yellow", "black", "white", "pink", "purple", "orange", "brown", "gray", "navy")
+    },
     "pattern": {
         "solid": r"solid colored|\bplain\b|no pattern",
         "striped": r"horizontal",
@@ -43,6 +52,7 @@ KEYWORDS: dict[str, dict[str, str]] = {
         "sleeveless": r"sleeveless|no sleeves|without sleeves",
         "short": r"short sleeve",
         "long": r"long sleeve",
+        "three-quarter": r"three-quarter|elbow",
     },
     "length": {
         "mini": r"\bmini\b",
@@ -85,12 +95,46 @@ def load(root: Path, name: str):
     return json.loads((root / name).read_text(encoding="utf-8"))
 
 
+def tree_digest(root: Path) -> str:
+    """One SHA-256 over every file's relative path and content hash, in path order."""
+    lines = "".join(f"{name} {digest}\n" for name, digest in sha256_tree(root).items())
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+# Digests of the files the first version of the generator wrote (commit 9cc252e), recorded before the
+# scenarios and the extended vocabulary were added: those must not change a byte of the existing benchmarks.
+FIRST_VERSION_DIGESTS = {
+    ("tiny", "tree"): "0851f9128583c4ecc6daeab163e1af9a861f87df4130539cd35b48ef9608ae8d",
+    ("default", "tree"): "004a921d4317106ebc19fcfee2f2b7b04d042722a2022722eba6d20a2d61b523",
+    ("default", "synthetic.json"): "07b47fe5e5ab9c8b55557297c9bdf49f109166366dac357ba14d04f473279d9b",
+    ("large", "synthetic.json"): "e5ae881033945ada3ef8207b7a33b2d8998d39bad69ba8f16392e96de91e94a9",
+}
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("synth") / "tiny", seed=0, size="tiny")
 
 
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("synth") / "mixed", seed=0, size="tiny", scenarios="mixed")
+
+
 # --------------------------------------------------------------------------------------------- determinism
+def test_existing_benchmarks_are_byte_identical_to_the_first_version(tiny: Path) -> None:
+    assert tree_digest(tiny) == FIRST_VERSION_DIGESTS[("tiny", "tree")]
+    for size in ("default", "large"):
+        text = json.dumps(synthetic._build(0, size), separators=(",", ":"))  # synthetic.json without its newline
+        assert hashlib.sha256(text.encode()).hexdigest() == FIRST_VERSION_DIGESTS[(size, "synthetic.json")]
+
+
+@pytest.mark.slow
+def test_default_benchmark_files_are_byte_identical_to_the_first_version(tmp_path: Path) -> None:
+    root = generate(tmp_path / "default", seed=0, size="default", scenarios="edit")
+    assert tree_digest(root) == FIRST_VERSION_DIGESTS[("default", "tree")]
+
+
 def test_same_seed_is_byte_identical_and_another_seed_differs(tiny: Path, tmp_path: Path) -> None:
     again = generate(tmp_path / "again", seed=0, size="tiny")
     other = generate(tmp_path / "other", seed=1, size="tiny")
@@ -257,6 +301,123 @@ def test_composed_oracle_solves_it_but_single_modality_oracles_do_not(tiny: Path
     assert r["sum"] < r["composed"] - 30  # adding image and text evidence is not enough: changes must replace
 
 
+# --------------------------------------------------------------------------------------------- scenarios
+def test_scenario_specs() -> None:
+    third = 1 / 3
+    assert parse_scenarios("edit") == {"edit": 1.0}
+    assert parse_scenarios("image-led") == {"image-led": 1.0}
+    assert parse_scenarios("mixed") == {"edit": third, "text-led": third, "image-led": third}
+    assert parse_scenarios("image-led=0.3, edit=0.4,text-led=0.3") == {"edit": 0.4, "text-led": 0.3, "image-led": 0.3}
+    assert parse_scenarios({"edit": 0.5, "text-led": 0.5, "image-led": 0}) == {"edit": 0.5, "text-led": 0.5}
+    for bad, message in (
+        ("edits", "neither a scenario"),
+        ("edit=0.5,text=0.5", r"unknown scenario\(s\) \['text'\]"),
+        ("edit=0.5,text-led=0.4", "must sum to 1"),
+        ("edit=1.5,text-led=-0.5", ">= 0"),
+        ("edit=half", "not a number"),
+        ("edit=0.5,edit=0.5", "given twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_scenarios(bad)
+    assert scenario_counts(100, parse_scenarios("mixed")) == {"edit": 34, "text-led": 33, "image-led": 33}
+    assert scenario_counts(7, {"edit": 0.4, "text-led": 0.3, "image-led": 0.3}) == {"edit": 3, "text-led": 2, "image-led": 2}
+
+
+def test_edit_only_scenarios_write_the_default_files(tiny: Path, tmp_path: Path) -> None:
+    explicit = generate(tmp_path / "edit", seed=0, size="tiny", scenarios="edit=1.0")
+    assert sha256_tree(explicit) == sha256_tree(tiny)
+    meta = load(tiny, META_FILE)
+    assert "scenarios" not in meta and all("scenario" not in t for t in meta["triplets"]["dress"]["val"])
+    assert query_scenarios(meta, "dress", "val") == ["edit"] * SIZES["tiny"].val_queries
+
+
+def test_each_triplet_follows_its_scenario(mixed: Path) -> None:
+    """Parsed with this file's own keyword table: what each caption states, against the garments' attributes."""
+    meta = load(mixed, META_FILE)
+    assert meta["scenarios"] == parse_scenarios("mixed")
+    g = meta["garments"]
+    for cat in CATEGORIES:
+        for split in ("train", "val", "test"):
+            recorded = meta["triplets"][cat][split]
+            labels = query_scenarios(meta, cat, split)
+            assert labels == [t["scenario"] for t in recorded]
+            assert [e["candidate"] for e in load(mixed, f"captions/cap.{cat}.{split}.json")] == [t["candidate"] for t in recorded]
+            counts = {name: labels.count(name) for name in SCENARIOS}
+            assert counts == scenario_counts(len(labels), parse_scenarios("mixed")), (cat, split, counts)
+            for t in recorded:
+                ref, tgt = g[t["candidate"]]["attributes"], g[t["target"]]["attributes"]
+                changed = {a: v for a, v in tgt.items() if ref[a] != v}
+                parsed = [parse_caption(c) for c in t["captions"]]
+                stated = {**parsed[0], **parsed[1]}
+                assert changed == t["changes"] and stated == t["stated"], t
+                assert all(tgt[a] == v for a, v in stated.items()), f"a caption contradicts the target: {t}"
+                if t["scenario"] == "edit":
+                    assert 2 <= len(changed) <= 3 and stated == changed and not set(parsed[0]) & set(parsed[1])
+                elif t["scenario"] == "text-led":
+                    assert len(stated) >= 5 and len(changed) >= 4 and set(changed) <= set(stated), t
+                    assert not set(parsed[0]) & set(parsed[1])
+                else:
+                    assert len(changed) == 1 and parsed[0] == parsed[1] == changed, t
+                    assert t["captions"][0] != t["captions"][1]
+
+
+def oracle_recall(root: Path, oracle: str, k: int) -> dict[str, float]:
+    """Per scenario, R@k of an attribute oracle over the val queries, every tie ranked above the target."""
+    meta = load(root, META_FILE)
+    g = meta["garments"]
+    hits: dict[str, list[bool]] = {}
+    for cat in CATEGORIES:
+        gallery = load(root, f"image_splits/split.{cat}.val.json")
+        entries = load(root, f"captions/cap.{cat}.val.json")
+        for e, scenario in zip(entries, query_scenarios(meta, cat, "val"), strict=True):
+            ref = g[e["candidate"]]["attributes"]
+            stated = {**parse_caption(e["captions"][0]), **parse_caption(e["captions"][1])}
+            want = {"text": stated, "image": ref, "composed": {**ref, **stated}}[oracle]
+            score = {i: sum(g[i]["attributes"][a] == v for a, v in want.items()) for i in gallery}
+            above = sum(s >= score[e["target"]] for i, s in score.items() if i != e["target"])
+            hits.setdefault(scenario, []).append(above < k)
+    return {scenario: 100.0 * sum(h) / len(h) for scenario, h in hits.items()}
+
+
+def test_scenarios_need_the_modality_they_are_named_for(mixed: Path) -> None:
+    r = {oracle: oracle_recall(mixed, oracle, k=10) for oracle in ("text", "image", "composed")}
+    r1 = {oracle: oracle_recall(mixed, oracle, k=1) for oracle in ("text", "image", "composed")}
+    print({o: {s: round(v) for s, v in d.items()} for o, d in r.items()}, r1)
+    assert all(r1["composed"][s] == 100 for s in SCENARIOS), "reference + stated changes identify every target"
+    assert r["text"]["text-led"] >= r["image"]["text-led"] + 50
+    assert r["image"]["image-led"] >= r["text"]["image-led"] + 50
+    assert max(r1["text"]["edit"], r1["image"]["edit"]) <= 10, "an edit needs both modalities"
+
+
+def test_extended_vocabulary_fits_a_thousand_queries_per_category() -> None:
+    size = SIZES["ablation"]
+    assert size.val_queries >= 1000 and size.vocabulary == "extended"
+    for cat in CATEGORIES:
+        base, extended = attribute_values(cat), attribute_values(cat, "extended")
+        assert all(set(base[a]) <= set(extended[a]) for a in base)
+        capacity = 1
+        for values in extended.values():
+            capacity *= len(values)
+        assert capacity >= 6 * size.val_queries
+    rng = __import__("random").Random(0)
+    attrs = {"color": "navy", "pattern": "dotted", "sleeves": "three-quarter", "length": "knee", "neckline": "collar", "fit": "loose"}
+    long_sleeved = render_garment("dress", {**attrs, "sleeves": "long"}, __import__("random").Random(0))
+    assert render_garment("dress", attrs, rng).tobytes() != long_sleeved.tobytes()
+    with pytest.raises(ValueError, match="unknown attribute vocabulary"):
+        attribute_values("dress", "huge")
+
+
+def test_another_scenario_mix_needs_overwrite(mixed: Path, tmp_path: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in mixed.rglob("*") if p.is_file()}
+    assert generate(mixed, seed=0, size="tiny", scenarios="mixed") == mixed
+    assert {p: p.stat().st_mtime_ns for p in mixed.rglob("*") if p.is_file()} == before
+    with pytest.raises(SyntheticOutputError, match=r"scenarios=edit=0.333333,text-led=0.333333,image-led=0.333333.*not seed=0, size='tiny', version"):
+        generate(mixed, seed=0, size="tiny")
+    assert read_metadata(mixed)["scenarios"] == parse_scenarios("mixed")
+    with pytest.raises(FileNotFoundError, match="no synthetic dataset"):
+        read_metadata(tmp_path)
+
+
 # --------------------------------------------------------------------------------------------- output safety
 def test_existing_identical_dataset_returns_quickly_untouched(tiny: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()}
@@ -295,6 +456,17 @@ def test_other_synthetic_dataset_needs_overwrite_and_foreign_files_block_it(tmp_
     assert load(out, META_FILE)["seed"] == 1
     assert sha256_tree(out) == sha256_tree(generate(tmp_path / "fresh1", seed=1, size="tiny"))
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_a_dataset_of_a_redefined_size_is_not_reused(tmp_path: Path) -> None:
+    out = generate(tmp_path / "ds", seed=0, size="tiny")
+    meta = load(out, META_FILE)
+    meta["size_params"]["train_triplets"] += 1  # as if "tiny" had been written by a version with other counts
+    (out / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(SyntheticOutputError, match=r"size 'tiny' was written with other parameters.*overwrite"):
+        generate(out, seed=0, size="tiny")
+    generate(out, seed=0, size="tiny", overwrite=True)
+    assert load(out, META_FILE)["size_params"]["train_triplets"] == SIZES["tiny"].train_triplets
 
 
 def test_damaged_dataset_is_reported_and_regenerated_only_on_request(tmp_path: Path) -> None:
@@ -353,3 +525,9 @@ def test_cli_writes_dataset_and_reports_conflicts(tmp_path: Path, capsys: pytest
     assert load(out, META_FILE)["seed"] == 4
     assert synth_main(["--out", str(out), "--size=enormous"]) == 2
     assert "enormous" in capsys.readouterr().err
+    mixed_out = tmp_path / "mixed"
+    assert synth_main(["--out", str(mixed_out), "--size=tiny", "--progress_bar=false", "--scenarios=edit=0.5,image-led=0.5"]) == 0
+    assert "scenarios=edit=0.5,image-led=0.5" in capsys.readouterr().out
+    assert load(mixed_out, META_FILE)["scenarios"] == {"edit": 0.5, "image-led": 0.5}
+    assert synth_main(["--out", str(tmp_path / "bad"), "--scenarios=edit=0.5"]) == 2
+    assert "--scenarios: scenario proportions must sum to 1" in capsys.readouterr().err

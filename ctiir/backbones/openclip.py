@@ -542,7 +542,12 @@ def tiny_backbone(
     model_cfg: dict[str, Any] | None = None,
     preprocess_cfg: dict[str, Any] | None = None,
 ) -> OpenCLIPBackbone:
-    """ctiir's ~3M-parameter CLIP (64 px, 32 tokens) that trains in minutes on a CPU; same as ``openclip:ctiir-tiny``.
+    """ctiir's ~2.3M-parameter CLIP (64 px, 32 text tokens) that trains in minutes on a CPU; same as ``openclip:ctiir-tiny``.
+
+    The image tower cuts 64 px images into 16 px patches (17 tokens), 4 layers of width 128 with MLP ratio 2:
+    about a fifth of the compute of the first ``tiny`` (8 px patches, 65 tokens, 6 layers, MLP ratio 4),
+    measured by ``benchmarks/bench_demo.py``. Checkpoints store their ``model_cfg``, so those of the first
+    ``tiny`` still load (``load_from_checkpoint``, or ``backbone={"name": "tiny", "model_cfg": ...}``).
 
     ``pretrained`` is ``None``, a weights file or ``"local-dir:/path"``; there are no tags to download.
     """

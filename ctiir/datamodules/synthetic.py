@@ -31,8 +31,8 @@ import shutil
 import string
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +59,37 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (242, 135, 185),
     "purple": (125, 50, 165),
 }
+# The ``extended`` vocabulary (the ``ablation`` size) adds these, so that galleries of 1,000+ queries still
+# hold unique attribute tuples: 12 x 5 x 4 x 3 x 4 x 3 = 8,640 per category instead of 4,320.
+EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
+    "orange": (238, 128, 30),
+    "brown": (118, 70, 34),
+    "gray": (120, 120, 124),
+    "navy": (28, 38, 112),
+}
+PALETTE = {**COLORS, **EXTRA_COLORS}
 PATTERNS = ("solid", "striped", "vertical-striped", "dotted", "checked")
+_SLEEVES = ("sleeveless", "short", "long")
+_EXTRA_SLEEVES = ("three-quarter",)
 _LENGTHS = {
     "dress": ("mini", "knee", "maxi"),
     "shirt": ("cropped", "hip", "tunic"),
     "toptee": ("cropped", "hip", "tunic"),
 }
+VOCABULARIES = ("base", "extended")
 
 
-def attribute_values(category: str) -> dict[str, tuple[str, ...]]:
-    """The attributes of a garment category and their values (6 attributes, 3-8 values each)."""
+def attribute_values(category: str, vocabulary: str = "base") -> dict[str, tuple[str, ...]]:
+    """The attributes of a garment category and their values (6 attributes, 3-12 values each)."""
     if category not in _LENGTHS:
         raise ValueError(f"unknown garment category {category!r}; expected one of {CATEGORIES}")
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown attribute vocabulary {vocabulary!r}; expected one of {VOCABULARIES}")
+    extended = vocabulary == "extended"
     return {
-        "color": tuple(COLORS),
+        "color": tuple(PALETTE) if extended else tuple(COLORS),
         "pattern": PATTERNS,
-        "sleeves": ("sleeveless", "short", "long"),
+        "sleeves": _SLEEVES + _EXTRA_SLEEVES if extended else _SLEEVES,
         "length": _LENGTHS[category],
         "neckline": ("v-neck", "crew", "collar", "turtleneck"),
         "fit": ("fitted", "straight", "loose"),
@@ -98,6 +113,7 @@ _PHRASES: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
     ("sleeves", "sleeveless"): (("is sleeveless", "has no sleeves"), ("without sleeves",)),
     ("sleeves", "short"): (("has short sleeves", "is short sleeved"), ("with short sleeves",)),
     ("sleeves", "long"): (("has long sleeves", "is long sleeved"), ("with long sleeves",)),
+    ("sleeves", "three-quarter"): (("has three-quarter sleeves", "has elbow sleeves"), ("with three-quarter sleeves",)),
     ("length", "mini"): (("is a mini dress", "is mini length"), ("in mini length",)),
     ("length", "knee"): (("is knee length", "ends at the knee"), ("at knee length",)),
     ("length", "maxi"): (("is a maxi dress", "is floor length maxi"), ("in maxi length",)),
@@ -122,7 +138,12 @@ _DESC_PATTERN = {
     "dotted": ("polka-dot", "dotted"),
     "checked": ("checked", "plaid"),
 }
-_DESC_SLEEVES = {"sleeveless": "no sleeves", "short": "short sleeves", "long": "long sleeves"}
+_DESC_SLEEVES = {
+    "sleeveless": "no sleeves",
+    "short": "short sleeves",
+    "long": "long sleeves",
+    "three-quarter": "three-quarter sleeves",
+}
 _DESC_NECK = {"v-neck": "v-neck", "crew": "crew neck", "collar": "collar", "turtleneck": "turtleneck"}
 _DESC_LENGTH = {
     "mini": "mini length",
@@ -152,6 +173,8 @@ class SynthSize:
     FashionIQ, where images recur across triplets). ``distractors``: chance that an evaluation query also
     brings one unrelated gallery item. ``large``'s evaluation splits are 5x (not 10x) ``default``'s because
     attribute tuples must stay unique within a gallery (~5.7 items per query) and there are 4,320 per category.
+    ``vocabulary``: ``"extended"`` adds colours and a sleeve length (8,640 tuples per category), which is
+    what lets the ``ablation`` size hold 1,000 evaluation queries per category.
     """
 
     train_triplets: int
@@ -161,17 +184,128 @@ class SynthSize:
     stage1_val: int
     reuse_reference: float = 0.35
     distractors: float = 0.2
+    vocabulary: str = "base"
 
 
 SIZES: dict[str, SynthSize] = {
     "tiny": SynthSize(train_triplets=24, val_queries=20, test_queries=8, stage1_train=48, stage1_val=16),
+    "small": SynthSize(train_triplets=400, val_queries=40, test_queries=8, stage1_train=48, stage1_val=16),
     "default": SynthSize(train_triplets=600, val_queries=100, test_queries=50, stage1_train=4000, stage1_val=400),
     "large": SynthSize(train_triplets=6000, val_queries=500, test_queries=250, stage1_train=40000, stage1_val=2000),
+    "ablation": SynthSize(
+        train_triplets=600, val_queries=1000, test_queries=50, stage1_train=4000, stage1_val=400, vocabulary="extended"
+    ),
 }
+
+
+def _size_params(size: SynthSize) -> dict[str, Any]:
+    """``size_params`` of ``synthetic.json``. ``vocabulary`` is left out (it gets its own key when not
+    ``base``) so that the files of the sizes that existed before it stay byte-identical."""
+    params = asdict(size)
+    del params["vocabulary"]
+    return params
 
 
 class SyntheticOutputError(DataError):
     """The output directory holds something ``generate`` must not touch, or a damaged synthetic dataset."""
+
+
+# --------------------------------------------------------------------------------------------- scenarios
+SCENARIOS = ("edit", "text-led", "image-led")
+MIXED = "mixed"
+Mix = dict[str, float]
+
+
+def parse_scenarios(spec: str | Mapping[str, float]) -> Mix:
+    """The scenario mix as ``{scenario: proportion}`` (proportions > 0, summing to 1, in ``SCENARIOS`` order).
+
+    ``spec`` is a scenario name (``"edit"``, the default benchmark, ``"text-led"``, ``"image-led"``),
+    ``"mixed"`` (a third each), proportions such as ``"edit=0.4,text-led=0.3,image-led=0.3"``, or a mapping.
+
+    - ``edit``: 2-3 attributes change, stated across the two captions; both modalities are needed.
+    - ``text-led``: 4-5 of the 6 attributes change and the captions describe the target (5-6 attributes):
+      the text nearly identifies it, the reference image mostly misleads.
+    - ``image-led``: one attribute changes and both captions state only it; the gallery holds near-duplicates
+      of the target that differ from it in unstated attributes, so the reference image carries most of it.
+    """
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == MIXED:
+            return {name: 1.0 / len(SCENARIOS) for name in SCENARIOS}
+        if text in SCENARIOS:
+            return {text: 1.0}
+        pairs: dict[str, float] = {}
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep:
+                raise ValueError(
+                    f"scenarios {spec!r}: {part.strip()!r} is neither a scenario ({', '.join(SCENARIOS)}), "
+                    f"{MIXED!r}, nor name=proportion"
+                )
+            if name in pairs:
+                raise ValueError(f"scenarios {spec!r}: {name!r} is given twice")
+            try:
+                pairs[name] = float(value)
+            except ValueError:
+                raise ValueError(f"scenarios {spec!r}: proportion {value.strip()!r} of {name!r} is not a number") from None
+        spec = pairs
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError(f"scenarios must be a name or a non-empty mapping of proportions, got {spec!r}")
+    unknown = [name for name in spec if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; expected {', '.join(SCENARIOS)} (or {MIXED!r})")
+    for name, value in spec.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"scenario {name!r}: proportion must be a number >= 0, got {value!r}")
+    total = sum(spec.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"scenario proportions must sum to 1, got {total:g} ({dict(spec)})")
+    return {name: float(spec[name]) for name in SCENARIOS if spec.get(name, 0) > 0}
+
+
+def _is_edit_only(mix: Mix) -> bool:
+    return set(mix) == {"edit"}
+
+
+def scenario_counts(n: int, mix: Mix) -> dict[str, int]:
+    """``n`` triplets shared out by the mix, largest remainders first (exact proportions, summing to ``n``)."""
+    exact = {name: n * p for name, p in mix.items()}
+    counts = {name: int(math.floor(v)) for name, v in exact.items()}
+    order = sorted(mix, key=lambda name: (-(exact[name] - counts[name]), SCENARIOS.index(name)))
+    for name in order[: n - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def query_scenarios(meta: Mapping[str, Any], category: str, split: str) -> list[str]:
+    """The scenario of each entry of ``captions/cap.{category}.{split}.json``, in file order.
+
+    ``meta`` is the content of ``synthetic.json`` (:func:`read_metadata`). A dataset written without a
+    scenario mix (every ``edit`` benchmark, so that those files stay as they were) records none: all its
+    entries are ``edit``. ``split`` is a file split (``train``, ``val``, ``test``); FashionIQ-style
+    evaluation reads the ``val`` files.
+    """
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown synthetic category {category!r}; expected one of {', '.join(CATEGORIES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of {', '.join(SPLITS)}")
+    try:
+        entries = meta["triplets"][category][split]
+    except (KeyError, TypeError):
+        raise SyntheticOutputError(f"{META_FILE}: no 'triplets' -> {category!r} -> {split!r}") from None
+    if "scenarios" not in meta:
+        return ["edit"] * len(entries)
+    out = []
+    for i, entry in enumerate(entries):
+        scenario = entry.get("scenario") if isinstance(entry, dict) else None
+        if scenario not in SCENARIOS:
+            raise SyntheticOutputError(
+                f"{META_FILE}: triplets -> {category} -> {split} entry {i}: scenario {scenario!r} is not one of "
+                f"{', '.join(SCENARIOS)}"
+            )
+        out.append(scenario)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -180,16 +314,23 @@ Attrs = dict[str, str]
 
 @dataclass
 class _Builder:
-    """Accumulates the dataset's metadata from one RNG stream (no files are written here)."""
+    """Accumulates the dataset's metadata from one RNG stream (no files are written here).
+
+    With the ``edit``-only mix every RNG draw is the one the first version of this generator made, in the
+    same order, so those datasets stay byte-identical.
+    """
 
     rng: random.Random
     size: SynthSize
+    mix: Mix = field(default_factory=lambda: {"edit": 1.0})
 
     def __post_init__(self) -> None:
         self.ids: set[str] = set()
         self.garments: dict[str, dict[str, Any]] = {}
         self.triplets: dict[str, dict[str, list[dict[str, Any]]]] = {c: {s: [] for s in SPLITS} for c in CATEGORIES}
         self.splits: dict[str, dict[str, list[str]]] = {c: {s: [] for s in SPLITS} for c in CATEGORIES}
+        self.values = {c: attribute_values(c, self.size.vocabulary) for c in CATEGORIES}
+        self.record_scenarios = not _is_edit_only(self.mix)
 
     def new_id(self) -> str:
         """A FashionIQ-ASIN-like id ("S" + 9 upper-case alphanumerics), unique across categories."""
@@ -207,16 +348,40 @@ class _Builder:
         return image_id
 
     def random_attrs(self, category: str) -> Attrs:
-        return {name: self.rng.choice(values) for name, values in attribute_values(category).items()}
+        return {name: self.rng.choice(values) for name, values in self.values[category].items()}
+
+    def scenario_labels(self, n: int) -> list[str]:
+        """One scenario per triplet of a split, in exact proportions and random order (no draw for ``edit``)."""
+        if not self.record_scenarios:
+            return ["edit"] * n
+        labels = [name for name, count in scenario_counts(n, self.mix).items() for _ in range(count)]
+        self.rng.shuffle(labels)
+        return labels
 
     def changes(self, category: str, reference: Attrs) -> dict[str, str]:
         """2 or 3 attributes of the reference, each given a different value."""
-        values = attribute_values(category)
+        values = self.values[category]
         names = self.rng.sample(list(values), self.rng.choice((2, 3)))
         return {
             n: self.rng.choice([v for v in values[n] if v != reference[n]])
             for n in sorted(names, key=list(values).index)
         }
+
+    def scenario_change(self, category: str, scenario: str, reference: Attrs) -> tuple[dict[str, str], dict[str, str]]:
+        """``(changes, stated)``: the attributes the target changes, and the target values the captions state."""
+        if scenario == "edit":
+            change = self.changes(category, reference)
+            return change, change
+        values = self.values[category]
+        count = 1 if scenario == "image-led" else self.rng.choice((4, 5))  # text-led: most attributes differ
+        names = sorted(self.rng.sample(list(values), count), key=ATTRIBUTES.index)
+        change = {n: self.rng.choice([v for v in values[n] if v != reference[n]]) for n in names}
+        if scenario == "image-led":
+            return change, dict(change)
+        kept = [n for n in ATTRIBUTES if n not in change]
+        described = set(change) | set(self.rng.sample(kept, self.rng.choice((5, 6)) - count))
+        target = {**reference, **change}
+        return change, {n: target[n] for n in ATTRIBUTES if n in described}
 
     def captions(self, changes: dict[str, str]) -> tuple[list[str], list[list[str]]]:
         """Two captions stating disjoint parts of the change, and which attributes each one states."""
@@ -226,6 +391,21 @@ class _Builder:
         parts = [names[:cut], names[cut:]]
         self.rng.shuffle(parts)
         return [self._caption(p, changes) for p in parts], [sorted(p, key=ATTRIBUTES.index) for p in parts]
+
+    def description_captions(self, stated: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+        """``text-led``: the 5-6 stated attributes of the target, shared between two captions (3 + 2 or 3 + 3)."""
+        names = list(stated)
+        self.rng.shuffle(names)
+        parts = [names[:3], names[3:]]
+        self.rng.shuffle(parts)
+        return [self._list_caption(p, stated) for p in parts], [sorted(p, key=ATTRIBUTES.index) for p in parts]
+
+    def paraphrases(self, change: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+        """``image-led``: one change, stated by both captions in two different phrasings."""
+        ((name, value),) = change.items()
+        forms = list(_COLOR_CLAUSES) if name == "color" else list(_PHRASES[(name, value)][0])
+        first, second = (f.format(value) for f in self.rng.sample(forms, 2))
+        return [first, second], [[name], [name]]
 
     def _caption(self, names: list[str], changes: dict[str, str]) -> str:
         first = self._clause(names[0], changes[names[0]])
@@ -237,6 +417,18 @@ class _Builder:
         tail = f"in {value}" if name == "color" else self.rng.choice(_PHRASES[(name, value)][1])
         return f"{first} {tail}"
 
+    def _list_caption(self, names: list[str], values: dict[str, str]) -> str:
+        """A clause, then the other attributes as short tails: "is red with long sleeves and a collar"."""
+        first = self._clause(names[0], values[names[0]])
+        # Negated tails ("without sleeves") go last, so that "and" cannot seem to negate another attribute.
+        tails = sorted((self._tail(n, values[n]) for n in names[1:]), key=lambda t: t.startswith(("without", "with no")))
+        if len(tails) < 2:
+            return " ".join([first, *tails])
+        return f"{first} {', '.join(tails[:-1])} and {tails[-1].removeprefix('with ')}"
+
+    def _tail(self, name: str, value: str) -> str:
+        return f"in {value}" if name == "color" else self.rng.choice(_PHRASES[(name, value)][1])
+
     def _clause(self, name: str, value: str) -> str:
         if name == "color":
             return self.rng.choice(_COLOR_CLAUSES).format(value)
@@ -244,22 +436,30 @@ class _Builder:
 
     def train_split(self, category: str) -> None:
         pool: list[str] = []
-        for _ in range(self.size.train_triplets):
+        for scenario in self.scenario_labels(self.size.train_triplets):
             if pool and self.rng.random() < self.size.reuse_reference:
                 ref_id = self.rng.choice(pool)
             else:
                 ref_id = self.add(category, "train", self.random_attrs(category))
                 pool.append(ref_id)
             reference = self.garments[ref_id]["attributes"]
-            change = self.changes(category, reference)
+            change, stated = self.scenario_change(category, scenario, reference)
             target_id = self.add(category, "train", {**reference, **change})
             pool.append(target_id)
-            self._record(category, "train", ref_id, target_id, change)
+            self._record(category, "train", ref_id, target_id, change, scenario, stated)
 
     def eval_split(self, category: str, split: str, n_queries: int) -> None:
-        """Queries whose gallery holds unique attribute tuples, partial edits and near-duplicates."""
+        """Queries whose gallery holds unique attribute tuples and, per scenario, the items that make it hard.
+
+        - ``edit``: two partial edits and near-duplicates of the target and the reference (one unstated
+          attribute changed): text alone, image alone and their sum all tie the target with something.
+        - ``text-led``: near-duplicates of the reference (they mislead the image) and, when the captions
+          leave one attribute unstated, the target with that attribute changed (it ties for the text alone).
+        - ``image-led``: near-duplicates of the target in unstated attributes (they tie for the text alone)
+          and one of the reference.
+        """
         used: set[tuple[str, ...]] = set()
-        values = attribute_values(category)
+        values = self.values[category]
 
         def key(attrs: Attrs) -> tuple[str, ...]:
             return tuple(attrs[n] for n in values)
@@ -277,42 +477,64 @@ class _Builder:
         capacity = math.prod(len(v) for v in values.values())
         if n_queries * 6 > capacity:
             raise ValueError(f"{category} {split}: {n_queries} queries need more than the {capacity} attribute tuples")
-        for _ in range(n_queries):
+        for scenario in self.scenario_labels(n_queries):
             reference = self.random_attrs(category)
             while key(reference) in used:
                 reference = self.random_attrs(category)
             while True:
-                change = self.changes(category, reference)
+                change, stated = self.scenario_change(category, scenario, reference)
                 target = {**reference, **change}
                 if key(target) not in used:
                     break
             ref_id, target_id = try_add(reference), try_add(target)
             assert ref_id is not None and target_id is not None
-            # Two partial edits: the reference with non-empty proper subsets of the stated changes. They tie
-            # with the target when image and text evidence are merely added, as a fixed-sum fusion does.
-            names = list(change)
-            subsets = [c for r in range(1, len(names)) for c in itertools.combinations(names, r)]
-            for subset in self.rng.sample(subsets, 2):
-                try_add({**reference, **{n: change[n] for n in subset}})
-            try_add(one_off(target, avoid=list(change)))  # the target, one unstated attribute changed
-            if self.rng.random() < 0.5:
-                try_add(one_off(reference, avoid=list(change)))  # the reference, one unstated attribute changed
+            if scenario == "edit":
+                # Two partial edits: the reference with non-empty proper subsets of the stated changes. They tie
+                # with the target when image and text evidence are merely added, as a fixed-sum fusion does.
+                names = list(change)
+                subsets = [c for r in range(1, len(names)) for c in itertools.combinations(names, r)]
+                for subset in self.rng.sample(subsets, 2):
+                    try_add({**reference, **{n: change[n] for n in subset}})
+                try_add(one_off(target, avoid=list(change)))  # the target, one unstated attribute changed
+                if self.rng.random() < 0.5:
+                    try_add(one_off(reference, avoid=list(change)))  # the reference, one unstated attribute changed
+            elif scenario == "text-led":
+                unstated = [n for n in values if n not in stated]
+                # The target with its unstated attribute changed (the text alone cannot tell them apart), or
+                # with a stated one changed when all six are stated.
+                try_add(one_off(target, avoid=[n for n in values if n not in unstated] if unstated else []))
+                for _ in range(2):
+                    try_add(one_off(reference, avoid=list(change)))  # near-duplicates of the misleading reference
+            else:  # image-led
+                for _ in range(2):
+                    try_add(one_off(target, avoid=list(change)))  # match the text, differ from the reference
+                try_add(one_off(reference, avoid=list(change)))
             if self.rng.random() < self.size.distractors:
                 try_add(self.random_attrs(category))
-            self._record(category, split, ref_id, target_id, change)
+            self._record(category, split, ref_id, target_id, change, scenario, stated)
         self.rng.shuffle(self.splits[category][split])  # gallery order must not reveal which items belong together
 
-    def _record(self, category: str, split: str, ref_id: str, target_id: str, change: dict[str, str]) -> None:
-        captions, stated = self.captions(change)
-        self.triplets[category][split].append(
-            {
-                "candidate": ref_id,
-                "target": target_id,
-                "captions": captions,
-                "changes": change,
-                "caption_changes": stated,
-            }
-        )
+    def _record(
+        self, category: str, split: str, ref_id: str, target_id: str, change: dict[str, str], scenario: str,
+        stated: dict[str, str],
+    ) -> None:  # fmt: skip
+        if scenario == "edit":
+            captions, per_caption = self.captions(change)
+        elif scenario == "text-led":
+            captions, per_caption = self.description_captions(stated)
+        else:
+            captions, per_caption = self.paraphrases(change)
+        entry: dict[str, Any] = {
+            "candidate": ref_id,
+            "target": target_id,
+            "captions": captions,
+            "changes": change,
+            "caption_changes": per_caption,
+        }
+        if self.record_scenarios:
+            entry["scenario"] = scenario
+            entry["stated"] = stated
+        self.triplets[category][split].append(entry)
 
 
 def _description(category: str, attrs: Attrs, rng: random.Random) -> str:
@@ -330,13 +552,13 @@ def _description(category: str, attrs: Attrs, rng: random.Random) -> str:
     return rng.choice(templates)
 
 
-def _scene(rng: random.Random) -> tuple[list[dict[str, str]], str]:
+def _scene(rng: random.Random, colors: Sequence[str] = tuple(COLORS)) -> tuple[list[dict[str, str]], str]:
     """1-3 shapes in distinct columns, and a caption naming each one's size, colour, pattern and place."""
     columns = sorted(rng.sample(range(3), rng.randint(1, 3)))
     shapes = [
         {
             "shape": rng.choice(SHAPES),
-            "color": rng.choice(tuple(COLORS)),
+            "color": rng.choice(colors),
             "pattern": rng.choice(PATTERNS),
             "size": rng.choice(("small", "large")),
             "position": _COLUMNS[c],
@@ -412,7 +634,7 @@ def render_garment(category: str, attrs: Attrs, rng: random.Random) -> Image.Ima
     s = IMAGE_SIZE * _SCALE
     k = _SCALE
     img = _background(rng, s)
-    base = _jitter_color(COLORS[attrs["color"]], rng)
+    base = _jitter_color(PALETTE[attrs["color"]], rng)
     cx = s // 2 + rng.randint(-3 * k, 3 * k)
     y0 = 8 * k + rng.randint(-2 * k, 2 * k)  # shoulder line
     shoulder, waist, hem_w = {"fitted": (10, 7, 8), "straight": (11, 10, 10), "loose": (12, 13, 15)}[attrs["fit"]]
@@ -430,7 +652,7 @@ def render_garment(category: str, attrs: Attrs, rng: random.Random) -> Image.Ima
         body = [(cx - shoulder * k, y0), (cx + shoulder * k, y0), (cx + waist * k, mid_y), (cx + hem_w * k, hem_y),
                 (cx - hem_w * k, hem_y), (cx - waist * k, mid_y)]  # fmt: skip
     draw.polygon(body, fill=255)
-    sleeve_len = {"sleeveless": 0, "short": 9, "long": 26}[attrs["sleeves"]] * k
+    sleeve_len = {"sleeveless": 0, "short": 9, "three-quarter": 17, "long": 26}[attrs["sleeves"]] * k
     if sleeve_len:
         for side in (-1, 1):
             ax, ay = cx + side * (shoulder - 1) * k, y0
@@ -504,7 +726,7 @@ def render_scene(shapes: Sequence[dict[str, str]], rng: random.Random) -> Image.
         r = (9 if shape["size"] == "small" else 15) * _SCALE + rng.randint(-_SCALE, _SCALE)
         x = (11 + 21 * column) * _SCALE + rng.randint(-2 * _SCALE, 2 * _SCALE)
         y = rng.randint(r + 2, s - r - 2)
-        base = _jitter_color(COLORS[shape["color"]], rng)
+        base = _jitter_color(PALETTE[shape["color"]], rng)
         mask = _shape_mask(s, shape["shape"], x, y, r)
         img.paste(_texture(s, shape["pattern"], base, rng), mask=mask)
         _outline(img, mask, tuple(int(c * 0.55) for c in base))
@@ -517,10 +739,15 @@ def _image_rng(seed: int, name: str) -> random.Random:
     return random.Random(f"{GENERATOR}:{VERSION}:{seed}:{name}")
 
 
-def _build(seed: int, size_name: str) -> dict[str, Any]:
-    """All metadata of the dataset: garments, triplets, splits, scenes and texts."""
+def _build(seed: int, size_name: str, mix: Mix | None = None) -> dict[str, Any]:
+    """All metadata of the dataset: garments, triplets, splits, scenes and texts.
+
+    ``vocabulary`` and ``scenarios`` are recorded only when they are not the first version's (``base``,
+    ``edit`` only), so that the files of those datasets stay byte-identical.
+    """
     size = SIZES[size_name]
-    builder = _Builder(random.Random(seed), size)
+    mix = mix or {"edit": 1.0}
+    builder = _Builder(random.Random(seed), size, mix)
     for category in CATEGORIES:
         builder.train_split(category)
         builder.eval_split(category, "val", size.val_queries)
@@ -529,26 +756,33 @@ def _build(seed: int, size_name: str) -> dict[str, Any]:
     scene_rng = random.Random(f"{GENERATOR}:scenes:{seed}")
     for split, count in (("train", size.stage1_train), ("val", size.stage1_val)):
         for i in range(count):
-            shapes, caption = _scene(scene_rng)
+            shapes, caption = _scene(scene_rng, builder.values[CATEGORIES[0]]["color"])
             scenes[f"stage1/images/{split}_{i:06d}.png"] = {"split": split, "shapes": shapes, "text": caption}
     descriptions = {
         image_id: _description(g["category"], g["attributes"], _image_rng(seed, f"description:{image_id}"))
         for image_id, g in builder.garments.items()
     }
-    return {
+    meta: dict[str, Any] = {
         "generator": GENERATOR,
         "version": VERSION,
         "seed": seed,
         "size": size_name,
-        "size_params": asdict(size),
-        "image_size": IMAGE_SIZE,
-        "attributes": {c: {n: list(v) for n, v in attribute_values(c).items()} for c in CATEGORIES},
-        "garments": builder.garments,
-        "descriptions": descriptions,
-        "triplets": builder.triplets,
-        "splits": builder.splits,
-        "scenes": scenes,
+        "size_params": _size_params(size),
     }
+    if size.vocabulary != "base":
+        meta["vocabulary"] = size.vocabulary
+    if not _is_edit_only(mix):
+        meta["scenarios"] = dict(mix)
+    meta.update(
+        image_size=IMAGE_SIZE,
+        attributes={c: {n: list(v) for n, v in builder.values[c].items()} for c in CATEGORIES},
+        garments=builder.garments,
+        descriptions=descriptions,
+        triplets=builder.triplets,
+        splits=builder.splits,
+        scenes=scenes,
+    )
+    return meta
 
 
 def expected_files(meta: dict[str, Any]) -> list[str]:
@@ -642,7 +876,34 @@ def _read_meta(root: Path) -> dict[str, Any] | None:
             raise SyntheticOutputError(
                 f"{path}: metadata key {key!r} missing or not {kind.__name__}; not touching {root}"
             )
+    if "scenarios" in meta:
+        try:
+            parse_scenarios(meta["scenarios"])
+        except ValueError as err:
+            raise SyntheticOutputError(f"{path}: metadata key 'scenarios': {err}; not touching {root}") from err
     return meta
+
+
+def read_metadata(root: str | Path) -> dict[str, Any]:
+    """The content of ``root/synthetic.json`` (checked), e.g. for :func:`query_scenarios`."""
+    meta = _read_meta(Path(root))
+    if meta is None:
+        raise FileNotFoundError(f"{Path(root) / META_FILE}: no synthetic dataset here")
+    return meta
+
+
+def _mix_of(meta: dict[str, Any]) -> Mix:
+    return parse_scenarios(meta.get("scenarios", "edit"))
+
+
+def _describe(seed: int, size: str, mix: Mix) -> str:
+    text = f"seed={seed}, size={size!r}"
+    return text if _is_edit_only(mix) else f"{text}, scenarios={format_scenarios(mix)}"
+
+
+def format_scenarios(mix: Mix) -> str:
+    """``edit`` or ``edit=0.4,text-led=0.3,image-led=0.3``: the ``--scenarios`` spelling of a mix."""
+    return "edit" if _is_edit_only(mix) else ",".join(f"{name}={p:.6g}" for name, p in mix.items())
 
 
 def _files_under(root: Path) -> set[str]:
@@ -691,13 +952,22 @@ def _remove_dataset(root: Path, files: Sequence[str]) -> None:
 
 
 def generate(
-    out: str | Path, seed: int = 0, size: str = "default", overwrite: bool = False, *, progress: bool = False
+    out: str | Path,
+    seed: int = 0,
+    size: str = "default",
+    overwrite: bool = False,
+    *,
+    progress: bool = False,
+    scenarios: str | Mapping[str, float] = "edit",
 ) -> Path:
-    """Write the synthetic dataset for ``seed`` and ``size`` to ``out`` and return ``out``.
+    """Write the synthetic dataset for ``seed``, ``size`` and ``scenarios`` to ``out`` and return ``out``.
+
+    ``scenarios`` (see :func:`parse_scenarios`): ``"edit"`` (default, the files of the first version),
+    ``"mixed"`` or proportions such as ``"edit=0.4,text-led=0.3,image-led=0.3"``.
 
     - ``out`` missing or empty: the dataset is built in a temporary sibling directory and moved into place,
       so an interrupted run never leaves a half-written dataset behind.
-    - ``out`` already holds this seed, size and generator version, complete: returned at once.
+    - ``out`` already holds this seed, size, scenario mix and generator version, complete: returned at once.
     - ``out`` holds another synthetic dataset: an error, unless ``overwrite``; then the old dataset's files
       (and only those) are replaced. Files that are not part of it block the overwrite.
     - ``out`` holds anything else: an error; ``overwrite`` never deletes data this module did not write.
@@ -706,6 +976,7 @@ def generate(
         raise ValueError(f"unknown synthetic size {size!r}; expected one of {sorted(SIZES)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    mix = parse_scenarios(scenarios)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise SyntheticOutputError(f"{root}: exists and is not a directory")
@@ -719,18 +990,26 @@ def generate(
             )
         old_files = expected_files(meta)
         missing = [f for f in old_files if not (root / f).is_file()]
-        same = (meta["seed"], meta["size"], meta["version"]) == (seed, size, VERSION)
+        theirs = _mix_of(meta)
+        same = (meta["seed"], meta["size"], meta["version"], theirs) == (seed, size, VERSION, mix)
+        stale = same and meta.get("size_params") != _size_params(SIZES[size])  # a size redefined since
+        same = same and not stale
         if same and not missing:
             return root
         if not overwrite:
             if same:
                 raise SyntheticOutputError(
-                    f"{root}: synthetic dataset (seed={seed}, size={size!r}) is incomplete, {len(missing)} files missing "
-                    f"(first: {missing[0]}); pass overwrite=True (--overwrite) to regenerate it"
+                    f"{root}: synthetic dataset ({_describe(seed, size, mix)}) is incomplete, {len(missing)} files "
+                    f"missing (first: {missing[0]}); pass overwrite=True (--overwrite) to regenerate it"
+                )
+            if stale:
+                raise SyntheticOutputError(
+                    f"{root}: its size {size!r} was written with other parameters ({meta.get('size_params')}) than "
+                    f"this version's ({_size_params(SIZES[size])}); pass overwrite=True (--overwrite) to replace it"
                 )
             raise SyntheticOutputError(
-                f"{root}: holds a synthetic dataset with seed={meta['seed']}, size={meta['size']!r}, "
-                f"version={meta['version']}, not seed={seed}, size={size!r}, version={VERSION}; "
+                f"{root}: holds a synthetic dataset with {_describe(meta['seed'], meta['size'], theirs)}, "
+                f"version={meta['version']}, not {_describe(seed, size, mix)}, version={VERSION}; "
                 "pass overwrite=True (--overwrite) to replace it"
             )
         _check_own_files(root, meta, old_files)
@@ -743,7 +1022,7 @@ def generate(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        _write(tmp, _build(seed, size), progress)
+        _write(tmp, _build(seed, size, mix), progress)
         if root.exists():
             # Swap by two renames, then delete the old files: a run stopped at any point leaves the old
             # dataset whole (in ``root``, or in the ``.old-`` sibling), never half deleted.
@@ -766,7 +1045,7 @@ def generate(
 
 # --------------------------------------------------------------------------------------------- CLI
 def synth_main(argv: list[str] | None = None) -> int:
-    """``ctiir synth --out DIR [--seed N] [--size S] [--overwrite=true] [--progress_bar=false]``.
+    """``ctiir synth --out DIR [--seed N] [--size S] [--scenarios MIX] [--overwrite=true] [--progress_bar=false]``.
 
     jsonargparse is imported here, not at module level: this module stays import-light (``ctiir.cliargs``).
     """
@@ -779,13 +1058,27 @@ def synth_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed and size give identical files")
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="dataset size")
     parser.add_argument(
+        "--scenarios",
+        type=str,
+        default="edit",
+        help="retrieval scenarios: edit (2-3 attributes change, both modalities needed), mixed (a third each of edit, "
+        "text-led and image-led), or proportions such as edit=0.4,text-led=0.3,image-led=0.3",
+    )
+    parser.add_argument(
         "--overwrite", type=bool, default=False, help="replace a previous synthetic dataset of another seed/size (--overwrite=true)"
     )
     add_progress_bar(parser, "a progress bar while images are drawn")
 
     def synth(args: Any) -> int:
         try:
-            root = generate(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite, progress=args.progress_bar)
+            mix = parse_scenarios(args.scenarios)
+        except ValueError as err:
+            print(f"ctiir synth: error: --scenarios: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            root = generate(
+                args.out, seed=args.seed, size=args.size, overwrite=args.overwrite, progress=args.progress_bar, scenarios=mix
+            )
         except SyntheticOutputError as err:
             print(f"ctiir synth: error: {err}", file=sys.stderr)
             if "overwrite" in str(err):
@@ -794,7 +1087,7 @@ def synth_main(argv: list[str] | None = None) -> int:
         meta = json.loads((root / META_FILE).read_text(encoding="utf-8"))
         queries = {s: sum(len(meta["triplets"][c][s]) for c in CATEGORIES) for s in SPLITS}
         print(
-            f"synthetic dataset (seed={args.seed}, size={args.size}) at {root}: {len(meta['garments'])} garment images, "
+            f"synthetic dataset ({_describe(args.seed, args.size, mix)}) at {root}: {len(meta['garments'])} garment images, "
             f"{len(meta['scenes'])} scene images, triplets train/val/test = {queries['train']}/{queries['val']}/{queries['test']}"
         )
         return 0

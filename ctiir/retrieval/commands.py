@@ -85,7 +85,7 @@ def load_datamodule(config: str | Path) -> Any:
         raise RetrievalError(f"--dataset: {path} is not valid YAML ({err})") from err
     block = cfg.get("data", cfg) if isinstance(cfg, dict) else None
     if not isinstance(block, dict) or "class_path" not in block:
-        raise RetrievalError(f"--dataset: {path} has no data block with a class_path (like examples/configs/synthetic.yaml)")
+        raise RetrievalError(f"--dataset: {path} has no data block with a class_path (like ctiir/configs/synthetic.yaml)")
     try:
         return instantiate_class((), block)
     except (ImportError, AttributeError, TypeError, ValueError) as err:
