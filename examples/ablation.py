@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scenario_sanity import REPO, evaluate_checkpoint, pipeline_config, query_sets, train_stage, write_json
+from scenario_sanity import REPO, SINGLE, evaluate_checkpoint, pipeline_config, sanity_table, train_stage, write_json
+
+from ctiir.io import write_atomic
 
 DATASETS = {"edit": "edit", "mixed": "mixed"}  # dataset name -> ``--scenarios`` of the generator
 SCENARIO_NAMES = ("edit", "text-led", "image-led")
@@ -88,7 +90,8 @@ class Runner:
         cfg.data["init_args"]["seed"] = seed  # the training seed also draws the data order
         for stage in stages.values():
             stage.eval_kinds = ["composed"]  # the composed zero-shot rows; no Stage I/II retrieval of their own
-            stage.trainer = {**stage.trainer, "limit_val_batches": 0}
+            # No validation, and no test inside training: the final weights are evaluated once, per query.
+            stage.trainer = {**stage.trainer, "limit_val_batches": 0, "limit_test_batches": 0}
             stage.trainer.pop("check_val_every_n_epoch", None)
             if self.args.max_steps:
                 stage.max_steps = self.args.max_steps
@@ -107,15 +110,14 @@ class Runner:
                   f"(elapsed {(time.perf_counter() - self.started) / 60:.1f} min)", flush=True)  # fmt: skip
         return checkpoint
 
-    def evaluate(self, stage: str, checkpoint: str, dataset: str, out: Path) -> None:
-        evaluate_checkpoint(stage, checkpoint, self.data_root(dataset), self.sets[dataset], out)
+    def evaluate(self, stage: str, checkpoint: str, dataset: str, out: Path, fusions: Sequence[str]) -> None:
+        evaluate_checkpoint(stage, checkpoint, self.data_root(dataset), fusions, out)
 
     def run(self) -> None:
         from ctiir.datamodules.synthetic import generate
 
         for dataset in self.args.datasets:
             generate(self.data_root(dataset), seed=0, size=self.args.size, scenarios=DATASETS[dataset], progress=True)
-        self.sets = {d: query_sets(self.data_root(d)) for d in self.args.datasets}
         pairs = {(self.data_root(d) / "stage1" / "pairs.jsonl").read_bytes() for d in self.args.datasets}
         share_stage_one = len(pairs) == 1  # the same scenes (and so the same images): one Stage I serves all
         for seed in self.args.seeds:
@@ -124,17 +126,18 @@ class Runner:
                 base = self.out / dataset / f"seed-{seed}"
                 one_dir = shared if share_stage_one else base / "I"
                 one = self.train("I", self.args.datasets[0] if share_stage_one else dataset, seed, one_dir, None)
-                self.evaluate("I", one, dataset, one_dir / "stage-I" / f"per_query-{dataset}.json")
+                self.evaluate("I", one, dataset, one_dir / "stage-I" / f"per_query-{dataset}.json", ("sum",))
                 prefixes = {("I",): one}
                 for before, init in ((("II",), None), (("I", "II"), one)):
                     run_dir = base / "-".join(before)
                     prefixes[before] = self.train("II", dataset, seed, run_dir, init)
-                    self.evaluate("II", prefixes[before], dataset, run_dir / "stage-II" / "per_query.json")
+                    fusions = SINGLE if before == ("I", "II") else ("sum",)  # I + II: also the sanity table's rows
+                    self.evaluate("II", prefixes[before], dataset, run_dir / "stage-II" / "per_query.json", fusions)
                 for v in VARIANTS:
                     run_dir = base / v.key
                     fusion = {"fusion": v.fusion, **({"fusion_kwargs": v.fusion_kwargs} if v.fusion_kwargs else {})}
                     checkpoint = self.train("III", dataset, seed, run_dir, prefixes.get(v.before), **fusion)
-                    self.evaluate("III", checkpoint, dataset, run_dir / "stage-III" / "per_query.json")
+                    self.evaluate("III", checkpoint, dataset, run_dir / "stage-III" / "per_query.json", ("model",))
         minutes = (time.perf_counter() - self.started) / 60
         print(f"[ablation] {self.trained} stage runs trained in this call, {minutes:.1f} min", flush=True)
 
@@ -286,7 +289,17 @@ def findings(summary: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def markdown(summary: dict[str, dict[str, Any]], command: str) -> str:
+def sanity(rows: dict[str, dict[int, list[dict[str, Any]]]]) -> tuple[str, list[str]] | None:
+    """The scenario sanity table (``examples/scenario_sanity.py``) over every seed: text-only, image-only and
+    fixed-sum queries after I + II, and the paper's I + II + III model."""
+    two, three = rows.get("zero-shot:I-II", {}), rows.get("III:I-II-III-adaptive", {})
+    seeds = sorted(set(two) & set(three))
+    if not seeds or "rank_text" not in two[seeds[0]][0]:
+        return None
+    return sanity_table([r for s in seeds for r in two[s]], [r for s in seeds for r in three[s]])
+
+
+def markdown(summary: dict[str, dict[str, Any]], command: str, checks: dict[str, tuple[str, list[str]]]) -> str:
     names = labels()
     parts = ["# The ablation (written by examples/ablation.py)\n", f"Command: `{command}`\n"]
     for dataset, s in summary.items():
@@ -314,6 +327,10 @@ def markdown(summary: dict[str, dict[str, Any]], command: str) -> str:
             for name, p in s["paired"].items():
                 label = name.replace("I-II-III-", "")
                 parts.append(f"| {label} | " + " | ".join(fmt(p[c]) if c in p else "-" for c in cols) + " |")
+    for dataset, (table, failed) in checks.items():
+        parts.append(f"\n## Scenario sanity, {dataset} data (all seeds pooled; after I + II, and I + II + III adaptive)\n")
+        parts.append(table)
+        parts.append("".join(f"\nFAILED: {what}" for what in failed) or "All three expectations hold.")
     lines = findings(summary)
     if lines:
         parts.append("\n## Findings\n")
@@ -354,8 +371,9 @@ def plot(rows: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> None:
 def report(args: argparse.Namespace, command: str) -> str:
     rows = {d: load_rows(args.out, d, args.seeds) for d in args.datasets}
     summary = {d: summarise(r, args.bootstrap) for d, r in rows.items() if r}
-    text = markdown(summary, command)
-    (args.out / "ablation.md").write_text(text, encoding="utf-8")
+    checks = {d: c for d, c in ((d, sanity(r)) for d, r in rows.items()) if c is not None and len(c[0].splitlines()) > 3}
+    text = markdown(summary, command, checks)
+    write_atomic(args.out / "ablation.md", text)
     write_json(args.out / "ablation.json", {"command": command, "summary": summary})
     weighted = "mixed" if "mixed" in rows else next(iter(rows), None)
     if weighted and rows[weighted]:

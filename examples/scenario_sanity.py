@@ -14,9 +14,10 @@ Expected: text-only beats image-only on ``text-led``, image-only beats text-only
 ``edit`` neither single modality comes near the trained composed model. The script checks these three and
 exits with status 1 if one fails. Stages whose ``outcome.json`` exists are not trained again.
 
-Recall is computed here, per query, with ``ctiir.metrics``' ``retrieval_ranks`` / ``recall_at_k`` on
-embeddings from the stage's ``encode_images`` / ``encode_texts`` / ``fusion``; the per-query ranks and
-weights are also what ``examples/ablation.py`` aggregates.
+Every score comes from the library's own evaluation (``RetrievalEvaluation`` on ``SyntheticDataModule``'s
+test tasks, ``breakdown=["scenario"]``), keeping each query's rank and weights (``keep_queries=True``);
+text-only and image-only queries are the fixed sum with ``alpha`` 0 and 1. The per-query files are also
+what ``examples/ablation.py`` aggregates.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,95 +39,63 @@ SINGLE = ("text", "image", "sum")  # single-modality and fixed-sum queries of a 
 
 # ---------------------------------------------------------------------------------------------- files
 def write_json(path: Path, data: Any) -> None:
-    """Atomically: a temporary file in the same folder, then ``os.replace``."""
+    """Atomically (``ctiir.io.write_atomic``: a temporary file in the same folder, then a rename)."""
+    from ctiir.io import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.chmod(handle.name, 0o644)  # a temporary file is private (0600); the result is an ordinary file
-    os.replace(handle.name, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-@dataclass
-class QuerySet:
-    """One category's test queries: reference and target gallery positions, query texts, scenarios."""
-
-    category: str
-    gallery_ids: list[str]
-    references: list[int]
-    targets: list[int]
-    texts: list[str]
-    scenarios: list[str]
+# Query-side fusions that score a Stage I or II model's embeddings: the text alone, the reference alone, and
+# the fixed sum (the zero-shot composed query). ``None``: the model's own fusion.
+QUERY_FUSIONS: dict[str, dict[str, Any] | None] = {
+    "text": {"name": "fixed", "alpha": 0.0},
+    "image": {"name": "fixed", "alpha": 1.0},
+    "sum": {"name": "fixed", "alpha": 0.5},
+    "model": None,
+}
 
 
-def query_sets(root: Path) -> list[QuerySet]:
-    """The test split of a synthetic benchmark (its val files), from its ``synthetic.json``."""
-    from ctiir.datamodules.synthetic import CATEGORIES, query_scenarios, read_metadata
-    from ctiir.datamodules.text import compose_query_text
+def outcomes(model: Any, root: Path) -> dict[str, list[Any]]:
+    """Every composed test query of the benchmark at ``root``, per task: the library's own evaluation
+    (``RetrievalEvaluation`` over ``SyntheticDataModule``'s test tasks, with the ``scenario`` breakdown),
+    keeping each query's outcome (rank, scenario, weights)."""
+    import lightning as L
 
-    meta = read_metadata(root)
-    out = []
-    for category in CATEGORIES:
-        gallery = list(meta["splits"][category]["val"])
-        index = {image_id: i for i, image_id in enumerate(gallery)}
-        entries = meta["triplets"][category]["val"]
-        out.append(
-            QuerySet(
-                category=category,
-                gallery_ids=gallery,
-                references=[index[e["candidate"]] for e in entries],
-                targets=[index[e["target"]] for e in entries],
-                texts=[compose_query_text(e["captions"], "clip4cir") for e in entries],
-                scenarios=query_scenarios(meta, category, "val"),
-            )
-        )
-    return out
+    from ctiir.callbacks import RetrievalEvaluation
+    from ctiir.datamodules import SyntheticDataModule
+
+    data = SyntheticDataModule(root=str(root), generate_if_missing=False, breakdown=["scenario"], eval_batch_size=256)
+    evaluation = RetrievalEvaluation(kinds=["composed"], keep_queries=True)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, callbacks=[evaluation], enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.test(model, datamodule=data, verbose=False)
+    return evaluation.queries["test"]
 
 
-def encode(items: Sequence[Any], fn: Callable[[Any], Any], batch_size: int) -> Any:
-    import torch
+def per_query(model: Any, root: Path, fusions: Sequence[str]) -> list[dict[str, Any]]:
+    """Per test query: its category, scenario and name, the 0-based rank of its target under each of
+    ``fusions`` (keys of ``QUERY_FUSIONS``: ``rank_text``, ...), and the image weight of the model's own
+    fusion (``w_img``, ``None`` unless ``"model"`` is among them and the fusion has weights)."""
+    from ctiir.stages.base import resolve_fusion
 
-    with torch.no_grad():
-        return torch.cat([fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
-
-
-def per_query(model: Any, root: Path, sets: list[QuerySet], batch_size: int = 256) -> list[dict[str, Any]]:
-    """Per test query: its category and scenario, the 0-based rank of its target for text-only, image-only,
-    fixed-sum and the model's own fusion (``model``), and the model's image weight."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    from ctiir.metrics.functional import retrieval_ranks
-
-    model.eval()
-    transform = model.backbone.eval_transform
-
-    def images(ids: Sequence[str]) -> Any:
-        def load(batch: Sequence[str]) -> Any:
-            tensors = []
-            for image_id in batch:
-                with Image.open(root / "images" / f"{image_id}.png") as img:
-                    tensors.append(transform(img.convert("RGB")))
-            return model.encode_images(torch.stack(tensors))
-
-        return encode(ids, load, batch_size)
-
+    own = model.fusion
+    found = {}
+    for name in fusions:
+        config = QUERY_FUSIONS[name]
+        model.fusion = own if config is None else resolve_fusion(dict(config), None, model.backbone.embed_dim)
+        found[name] = outcomes(model, root)
+    model.fusion = own
     rows: list[dict[str, Any]] = []
-    for qs in sets:
-        g = images(qs.gallery_ids)
-        v = g[torch.tensor(qs.references)]  # the reference is a gallery image: its embedding is already there
-        t = encode(qs.texts, lambda batch: model.encode_texts(list(batch)), batch_size)
-        with torch.no_grad():
-            fused = model.fusion(v, t)
-            weights = model.fusion.last_weights
-        queries = {"text": t, "image": v, "sum": F.normalize(v + t, dim=-1), "model": fused}
-        target = torch.tensor(qs.targets)
-        ranks = {name: retrieval_ranks(q, g, target) for name, q in queries.items()}
-        for i, scenario in enumerate(qs.scenarios):
-            row = {"category": qs.category, "scenario": scenario, "query": i}
-            row.update({f"rank_{name}": int(r[i]) for name, r in ranks.items()})
-            row["w_img"] = None if weights is None else float(weights[i, 0])
+    first = found[fusions[0]]
+    for key, queries in first.items():
+        for i, outcome in enumerate(queries):
+            row = {"category": key.rsplit("/", 1)[-1], "scenario": outcome.groups["scenario"], "query": outcome.name}
+            row.update({f"rank_{name}": found[name][key][i].rank for name in fusions})
+            row["w_img"] = found["model"][key][i].w_img if "model" in found else None
             rows.append(row)
     return rows
 
@@ -184,27 +151,17 @@ def train_stage(name: str, cfg: Any, stage: Any, init_from: str | None, run_dir:
 
 
 def load_stage(stage: str, checkpoint: str) -> Any:
-    """A stage model from its checkpoint.
-
-    Not ``load_from_checkpoint``: a stage started with ``init_from`` records ``initialized_from`` in its
-    hyper-parameters, which its ``__init__`` does not take (reported to the lead; this works around it).
-    """
-    import torch
-
+    """A stage model from its checkpoint (``weights_only`` loading, the recorded preprocessing)."""
     from ctiir.stages import STAGES
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "initialized_from"}
-    model = STAGES[stage](**hparams)
-    model.load_state_dict(ckpt["state_dict"])
-    return model
+    return STAGES[stage].load_from_checkpoint(checkpoint, map_location="cpu")
 
 
-def evaluate_checkpoint(stage: str, checkpoint: str, data: Path, sets: list[QuerySet], out: Path) -> list[dict[str, Any]]:
-    """Per-query results of a stage checkpoint, cached (atomically) in ``out``."""
+def evaluate_checkpoint(stage: str, checkpoint: str, data: Path, fusions: Sequence[str], out: Path) -> list[dict[str, Any]]:
+    """Per-query results of a stage checkpoint under ``fusions``, cached (atomically) in ``out``."""
     if out.is_file():
         return json.loads(out.read_text(encoding="utf-8"))
-    rows = per_query(load_stage(stage, checkpoint), data, sets)
+    rows = per_query(load_stage(stage, checkpoint), data, fusions)
     write_json(out, rows)
     return rows
 
@@ -269,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     for name in ("I", "II", "III"):
         previous = checkpoints[name] = train_stage(name, cfg, stages[name], previous, args.out)
-    sets = query_sets(data)
-    after = {name: evaluate_checkpoint(name, checkpoints[name], data, sets, args.out / f"stage-{name}" / "per_query.json") for name in ("II", "III")}
+    after = {
+        "II": evaluate_checkpoint("II", checkpoints["II"], data, SINGLE, args.out / "stage-II" / "per_query.json"),
+        "III": evaluate_checkpoint("III", checkpoints["III"], data, ("model",), args.out / "stage-III" / "per_query.json"),
+    }
     table, failed = sanity_table(after["II"], after["III"])
     command = "python examples/scenario_sanity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = f"{table}\nCommand: `{command}`\n"

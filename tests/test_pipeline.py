@@ -74,7 +74,7 @@ def test_skipped_stages_start_stage_three_from_scratch(synth_root: Path, tmp_pat
     stages = json.loads((run_dir / "results.json").read_text())["stages"]
     assert stages["I"] == {"skipped": True} and stages["II"] == {"skipped": True}
     hp = torch.load(stages["III"]["checkpoint"], map_location="cpu", weights_only=False)["hyper_parameters"]
-    assert "initialized_from" not in hp
+    assert hp["initialized_from"] is None
 
 
 def test_unknown_stage_names_are_errors(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

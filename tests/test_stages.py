@@ -120,6 +120,14 @@ def test_init_from_carries_weights_and_rejects_another_backbone(tmp_path: Path) 
     for (name, a), b in zip(source.backbone.state_dict().items(), started.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert started.hparams["initialized_from"] == str(path) and started.hparams["init_from"] is None
+    # Its own checkpoint records where it started, and loads back (the record is not an argument it rejects).
+    second = tmp_path / "stage3.ckpt"
+    t.strategy.connect(started)
+    t.save_checkpoint(second)
+    loaded = ComposedRetrieval.load_from_checkpoint(second)
+    assert loaded.hparams["initialized_from"] == str(path)
+    for (name, a), b in zip(started.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
     other = BACKBONE_OTHER()
     with pytest.raises(ValueError, match="backbone"):
         ComposedRetrieval(backbone=other, init_from=str(path))

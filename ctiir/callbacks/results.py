@@ -135,6 +135,22 @@ class EvaluationResult(Mapping[str, float]):
         return cls(data["split"], {p.protocol: p for p in protocols})
 
 
+@dataclass(frozen=True)
+class QueryOutcome:
+    """One evaluated query: where its target ranked (0 = first), its attributes and its fusion weights.
+
+    What paired comparisons and bootstrap intervals need (two models on the same queries), and what a
+    results table averages away. ``subset_rank`` is the rank within CIRR's image set, where there is one.
+    """
+
+    name: str
+    rank: int
+    subset_rank: int | None = None
+    groups: Mapping[str, str] = field(default_factory=dict)
+    w_img: float | None = None
+    w_txt: float | None = None
+
+
 def _flat_breakdown(prefix: str, breakdown: Breakdown) -> dict[str, float]:
     """``<prefix>/<attribute>=<value>/<metric>`` keys, e.g. ``synthetic/dress/scenario=text-led/R@10``."""
     return {

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from ctiir.callbacks.examples import save_examples
-from ctiir.callbacks.results import Breakdown, EvaluationResult, summarise
+from ctiir.callbacks.results import Breakdown, EvaluationResult, QueryOutcome, summarise
 from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
 from ctiir.fusion.base import as_fused
 from ctiir.metrics.recall import QueryRanks, RecallAtK
@@ -56,6 +56,9 @@ class RetrievalEvaluation(L.Callback):
             ``examples_k`` results into ``<trainer.default_root_dir>/examples/<val|test>/<task>-best.png`` and
             ``-worst.png`` (rewritten at each evaluation, so they show the latest); 0 (default) draws none.
         examples_k: how many results each row of those pictures shows.
+        keep_queries: keep every composed query's outcome (target rank, attributes, weights) in
+            ``queries[prefix][task key]``, a list of :class:`~ctiir.callbacks.results.QueryOutcome` in the task's
+            query order: for paired comparisons and bootstrap intervals over queries.
 
     After each evaluation, ``results[prefix]`` (``prefix`` = ``"val"`` or ``"test"``) holds an
     ``EvaluationResult``: structured per protocol and subset (``.protocols``, ``.composed()``), and readable
@@ -72,6 +75,7 @@ class RetrievalEvaluation(L.Callback):
         every_n_epochs: int = 1,
         save_examples: int = 0,
         examples_k: int = 5,
+        keep_queries: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(kinds, str):
@@ -91,7 +95,9 @@ class RetrievalEvaluation(L.Callback):
             raise ValueError(f"RetrievalEvaluation: save_examples must be an int >= 0; got {save_examples!r}")
         self.save_examples = save_examples
         self.examples_k = examples_k
+        self.keep_queries = keep_queries
         self.results: dict[str, EvaluationResult] = {}
+        self.queries: dict[str, dict[str, list[QueryOutcome]]] = {}
 
     # ------------------------------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -148,6 +154,8 @@ class RetrievalEvaluation(L.Callback):
         if repeated:
             raise ValueError(f"RetrievalEvaluation: several {prefix} tasks share the key(s) {repeated}; keys must be unique")
 
+        if self.keep_queries:
+            self.queries[prefix] = {}  # filled by _evaluate_task; a new evaluation replaces the last one's
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -211,6 +219,8 @@ class RetrievalEvaluation(L.Callback):
         if self.save_examples and trainer.is_global_zero and task.evaluation is not None:
             folder = Path(trainer.default_root_dir) / "examples" / prefix
             save_examples(folder, task.key, task.evaluation, ranks, per_query_weights, self.save_examples, self.examples_k)
+        if self.keep_queries and task.evaluation is not None:
+            self.queries.setdefault(prefix, {})[task.key] = _outcomes(task, ranks, per_query_weights)
         return out, _breakdown(task, ranks, per_query_weights)
 
     def _loader(self, trainer: L.Trainer, dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
@@ -288,6 +298,29 @@ def _mean_weights(per_query: tuple[torch.Tensor, torch.Tensor] | None, mask: tor
         return {}
     mean = weights.mean(dim=0)
     return {"w_img": float(mean[0]), "w_txt": float(mean[1])}
+
+
+def _outcomes(
+    task: RetrievalTask, ranks: QueryRanks, per_query_weights: tuple[torch.Tensor, torch.Tensor] | None
+) -> list[QueryOutcome]:
+    """Every query of ``task`` with its ranks, attributes and weights, in the task's query order."""
+    queries = task.evaluation.queries  # type: ignore[union-attr]
+    weights: dict[int, list[float]] = {}
+    if per_query_weights is not None:
+        weights = dict(zip(per_query_weights[0].tolist(), per_query_weights[1].tolist(), strict=True))
+    subset = ranks.subset_ranks.tolist() if ranks.subset_ranks is not None else None
+    found = {}
+    for row, (qid, rank) in enumerate(zip(ranks.query_ids.tolist(), ranks.ranks.tolist(), strict=True)):
+        w = weights.get(qid)
+        found[qid] = QueryOutcome(
+            name=queries[qid].query.name,
+            rank=int(rank),
+            subset_rank=None if subset is None else int(subset[row]),
+            groups=dict(queries[qid].query.groups),
+            w_img=None if w is None else float(w[0]),
+            w_txt=None if w is None else float(w[1]),
+        )
+    return [found[i] for i in sorted(found)]
 
 
 def _breakdown(

@@ -144,6 +144,19 @@ def read_fashioniq_captions(root: str | Path, category: str, split: str) -> list
     return [parse_caption_entry(entry, path, i, split) for i, entry in enumerate(data)]
 
 
+def query_name(file_name: str, index: int) -> str:
+    """A FashionIQ query's name: its caption file and entry, ``cap.dress.val.json#12``."""
+    return f"{file_name}#{index}"
+
+
+def caption_index(name: str) -> int:
+    """The caption-file entry a query's name points at (``cap.dress.val.json#12/swapped`` -> 12)."""
+    try:
+        return int(name.split("#", 1)[1].split("/", 1)[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"{name!r} is not a FashionIQ query name (<caption file>#<entry>)") from None
+
+
 def fashioniq_queries(
     captions: Sequence[FashionIQCaption], locate: Callable[[str], Path], query_text: str
 ) -> list[ComposedQuery]:
@@ -160,7 +173,7 @@ def fashioniq_queries(
     for c in captions:
         if c.target is None:
             raise AnnotationError(f"{c.source}: this evaluation query has no 'target'")
-        name = f"{c.file.name}#{c.index}"
+        name = query_name(c.file.name, c.index)
         reference, target = locate(c.candidate), locate(c.target)
         if query_text == "two-queries":
             c0, c1 = c.captions
@@ -168,8 +181,8 @@ def fashioniq_queries(
         else:
             mode: TextMode = "average" if query_text == "average" else "clip4cir"
             texts = [(name, compose_query_text(c.captions, mode))]
-        for query_name, text in texts:
-            out.append(ComposedQuery(query_name, c.candidate, reference, text, c.target, target, source=c.source))
+        for named, text in texts:
+            out.append(ComposedQuery(named, c.candidate, reference, text, c.target, target, source=c.source))
     return out
 
 

@@ -5,10 +5,22 @@ datamodule, unchanged. The generator itself (``ctiir.datamodules.synthetic``) st
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from ctiir.datamodules.fashioniq import FashionIQDataModule
-from ctiir.datamodules.synthetic import META_FILE, SIZES, VERSION, SyntheticOutputError, generate
+from ctiir.datamodules.base import Split
+from ctiir.datamodules.fashioniq import FashionIQDataModule, caption_index
+from ctiir.datamodules.protocol import ComposedQuery
+from ctiir.datamodules.synthetic import (
+    META_FILE,
+    SIZES,
+    VERSION,
+    SyntheticOutputError,
+    generate,
+    parse_scenarios,
+    query_scenarios,
+    read_metadata,
+)
 
 
 class SyntheticDataModule(FashionIQDataModule):
@@ -21,23 +33,33 @@ class SyntheticDataModule(FashionIQDataModule):
 
     Args:
         root: where the benchmark is (or is generated).
-        size: ``tiny``, ``default`` or ``large`` (see ``SIZES``).
+        size: ``tiny``, ``small``, ``default``, ``large`` or ``ablation`` (see ``SIZES``).
         synth_seed: the generator's seed.
+        scenarios: the retrieval scenarios to generate: ``edit`` (the default benchmark), ``mixed`` (a third
+            each of ``edit``, ``text-led`` and ``image-led``) or proportions such as
+            ``edit=0.4,text-led=0.3,image-led=0.3`` (:func:`ctiir.datamodules.synthetic.parse_scenarios`).
+            Results can be broken down by it: ``breakdown: [scenario]``.
         generate_if_missing: generate in ``prepare_data`` when ``root`` holds no dataset.
         **kwargs: ``FashionIQDataModule``'s evaluation arguments (``protocol``, ``query_text``,
             ``exclude_reference``, ``categories``) and ``CTIIRDataModule``'s (batch size, workers, ...).
     """
 
     name = "synthetic"
+    breakdown_attributes = (*FashionIQDataModule.breakdown_attributes, "scenario")
 
     def __init__(
         self,
         root: str,
         size: str = "default",
         synth_seed: int = 0,
+        scenarios: str = "edit",
         generate_if_missing: bool = True,
         **kwargs: Any,
     ) -> None:
+        try:
+            self.scenario_mix = parse_scenarios(scenarios)
+        except ValueError as err:
+            raise ValueError(f"SyntheticDataModule: scenarios={scenarios!r}: {err}") from None
         super().__init__(
             root=root, caption_pairs="stage1/pairs.jsonl", descriptions="stage2/descriptions.jsonl", **kwargs
         )
@@ -45,7 +67,9 @@ class SyntheticDataModule(FashionIQDataModule):
             raise ValueError(f"SyntheticDataModule: unknown size {size!r}; expected one of {sorted(SIZES)}")
         self.size = size
         self.synth_seed = synth_seed
+        self.scenarios = scenarios
         self.generate_if_missing = generate_if_missing
+        self._scenario_lists: dict[tuple[str, str], list[str]] = {}
 
     def prepare_data(self) -> None:
         """Generate the benchmark once (Lightning calls this on one process per node, before ``setup``).
@@ -55,7 +79,7 @@ class SyntheticDataModule(FashionIQDataModule):
         """
         if self.generate_if_missing:
             try:
-                generate(self.root, seed=self.synth_seed, size=self.size)
+                generate(self.root, seed=self.synth_seed, size=self.size, scenarios=self.scenario_mix)
             except SyntheticOutputError as err:
                 # The generator's advice (``--overwrite``) is ``ctiir synth``'s; say what this datamodule takes.
                 raise SyntheticOutputError(self._explain(err)) from err
@@ -93,7 +117,20 @@ class SyntheticDataModule(FashionIQDataModule):
         if not (self.root / META_FILE).is_file():
             hint = "call prepare_data() first" if self.generate_if_missing else f"run `ctiir synth --out {self.root}`"
             raise FileNotFoundError(f"{self.root}: no synthetic dataset ({META_FILE} missing); {hint}")
+        self._scenario_lists = {}  # the files may have been regenerated since
         super().setup(stage)
+
+    def query_attribute(self, attribute: str, query: ComposedQuery, subset: str | None, split: Split) -> str:
+        """``scenario``: the scenario ``synthetic.json`` records for the query's caption entry."""
+        if attribute != "scenario":
+            return super().query_attribute(attribute, query, subset, split)
+        key = (str(subset), self.annotation_split(split))
+        if key not in self._scenario_lists:
+            self._scenario_lists[key] = query_scenarios(self._metadata(), *key)
+        return self._scenario_lists[key][caption_index(query.name)]
+
+    def _metadata(self) -> Mapping[str, Any]:
+        return read_metadata(self.root)
 
     def protocol_name(self) -> str:
         """``synthetic`` for the original protocol (``val/synthetic/dress/R@10``), else ``synthetic-val-split``."""

@@ -166,6 +166,9 @@ class CTIIRStage(L.LightningModule):
         init_logit_scale: the temperature's start; default: the backbone's own (CLIP's ln(1/0.07)).
         init_from: a checkpoint of an earlier stage to start from (backbone, temperature, and the fusion when
             it has the same config).
+        initialized_from: where the weights came from: what ``init_from`` was, recorded in the checkpoint (and
+            the logged hyperparameters) so that a chain of stages can be traced. Nothing is loaded from it;
+            leave it ``None``.
         grad_checkpointing: trade compute for memory where the backbone supports it.
         eval_kinds: which evaluation tasks the ``RetrievalEvaluation`` callback runs for this stage; default:
             the stage's own task, then (Stages I and II) the composed protocol, whose fixed-sum scores are the
@@ -194,6 +197,7 @@ class CTIIRStage(L.LightningModule):
         grad_checkpointing: bool = False,
         eval_kinds: Sequence[str] | None = None,
         preprocess: dict[str, Any] | None = None,
+        initialized_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "fusion"])
