@@ -92,3 +92,36 @@ def test_example_pictures_show_the_best_and_worst_ranked_queries(tmp_path: Path)
         with Image.open(tmp_path / "run" / "examples" / "val" / f"custom-{name}.png") as image:
             assert image.width > 3 * 64 and image.height > 2 * 32  # a reference and 3 results, 2 rows
     assert sorted(p.name for p in (tmp_path / "run" / "examples" / "val").iterdir()) == ["custom-best.png", "custom-worst.png"]
+
+
+def test_synthetic_scenario_breakdown_and_kept_query_outcomes(tmp_path: Path) -> None:
+    """The embedded benchmark's scenarios through the same mechanism; the kept per-query outcomes are the
+    ranks the metrics were computed from, in the task's query order."""
+    from ctiir.datamodules import SyntheticDataModule
+    from ctiir.datamodules.synthetic import query_scenarios, read_metadata
+
+    dm = SyntheticDataModule(str(tmp_path / "synth"), size="tiny", scenarios="mixed", breakdown=["scenario"], batch_size=8)
+    dm.prepare_data()
+    torch.manual_seed(0)
+    model = ComposedRetrieval(backbone="tiny", fusion="adaptive")
+    callback = RetrievalEvaluation(kinds=["composed"], keep_queries=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+    meta = read_metadata(tmp_path / "synth")
+    kept = callback.queries["test"]
+    assert sorted(kept) == ["synthetic/dress", "synthetic/shirt", "synthetic/toptee"]
+    for key, outcomes in kept.items():
+        category = key.split("/")[1]
+        assert [o.groups["scenario"] for o in outcomes] == query_scenarios(meta, category, "val")
+        assert [o.name for o in outcomes] == [f"cap.{category}.val.json#{i}" for i in range(len(outcomes))]
+        groups = callback.results["test"].protocols["synthetic"].breakdown[category]["scenario"]
+        assert set(groups) == {"edit", "text-led", "image-led"}
+        for scenario, metrics in groups.items():
+            mine = [o for o in outcomes if o.groups["scenario"] == scenario]
+            assert metrics["queries"] == len(mine)
+            ranks = torch.tensor([o.rank for o in mine])
+            assert metrics["R@10"] == pytest.approx(recall_at_k(ranks, (10,))[10])
+            assert metrics["w_img"] == pytest.approx(sum(o.w_img for o in mine) / len(mine), abs=1e-6)
+    all_ranks = torch.tensor([o.rank for o in kept["synthetic/dress"]])
+    assert logged["test/synthetic/dress/R@50"] == pytest.approx(recall_at_k(all_ranks, (50,))[50])
+    assert "test/synthetic/dress/scenario=text-led/R@10" in logged
