@@ -42,7 +42,7 @@ def _temporary(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable; a platform that cannot open folders (Windows) skips it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -105,7 +105,7 @@ def atomic_open(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def write_atomic(path: str | Path, data: str | bytes, *, overwrite: bool = True, encoding: str = "utf-8") -> Path:

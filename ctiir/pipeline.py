@@ -256,16 +256,28 @@ def _run_config(cfg: PipelineConfig, skip: tuple[str, ...]) -> dict[str, Any]:
     return json.loads(json.dumps({**config, "skip": sorted(skip)}, sort_keys=True, default=str))
 
 
+def _read_record(path: Path, otherwise: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` (with a warning saying ``otherwise``) if it is unreadable or
+    not an object, e.g. cut short by a crash."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s is incomplete or unreadable (%s): %s", path, err, otherwise)
+        return None
+    if not isinstance(data, dict):
+        log.warning("%s holds no JSON object: %s", path, otherwise)
+        return None
+    return data
+
+
 def _finished_results(path: Path) -> bool:
     """Whether ``results.json`` is there and complete; a truncated or unreadable one is not (and says so)."""
     if not path.exists():
         return False
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("%s is incomplete or unreadable (%s): the run is not finished; resuming it", path, err)
+    results = _read_record(path, "the run is not finished; resuming it")
+    if results is None:
         return False
-    if not isinstance(results, dict) or not isinstance(results.get("stages"), dict):
+    if not isinstance(results.get("stages"), dict):
         log.warning("%s holds no stage results: the run is not finished; resuming it", path)
         return False
     return True
@@ -276,12 +288,8 @@ def _finished_stage(stage_dir: Path) -> dict[str, Any] | None:
     path = stage_dir / OUTCOME
     if not path.is_file():
         return None
-    try:
-        outcome = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("%s is unreadable (%s); running the stage again", path, err)
-        return None
-    if not isinstance(outcome, dict) or not Path(str(outcome.get("checkpoint", ""))).is_file():
+    outcome = _read_record(path, "running the stage again")
+    if outcome is not None and not Path(str(outcome.get("checkpoint", ""))).is_file():
         log.warning("%s names no existing checkpoint; running the stage again", path)
         return None
     return outcome
@@ -377,7 +385,30 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"\nProtocol `{protocol}`, test split (FashionIQ-style: val files). Stages I and II use the fixed-sum "
         "fusion, so their rows are the fixed-sum zero-shot baseline after that stage.\n"
     )
-    return "\n".join(lines) + "\n" + note
+    return "\n".join(lines) + "\n" + note + breakdown_markdown(results)
+
+
+def breakdown_markdown(results: dict[str, Any]) -> str:
+    """The composed results per value of each breakdown attribute (the datamodule's ``breakdown``), after
+    each stage: averaged over the subsets that have the value. Empty without a breakdown."""
+    lines: list[str] = []
+    for name, outcome in results["stages"].items():
+        if outcome.get("skipped") or "evaluation" not in outcome:
+            continue
+        composed = EvaluationResult.from_dict(outcome["evaluation"]).composed()
+        if composed is None:
+            continue
+        for attribute, groups in composed.breakdown_summary.items():
+            for value, m in groups.items():
+                score = [m[k] for k in composed.headline if k in m]
+                cells = [f"{name} ({outcome.get('fusion', '?')})", f"{attribute}={value}", _fmt(m.get("queries"), 0)]
+                cells += [_fmt(m.get(f"R@{k}")) for k in (1, 10, 50)]
+                cells += [_fmt(sum(score) / len(score) if score else None), _fmt(m.get("w_img"), 3)]
+                lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    header = "| after stage (fusion) | group | queries | R@1 | R@10 | R@50 | mean | w_img |\n|---|---|---|---|---|---|---|---|\n"
+    return "\nBy query attribute (the datamodule's `breakdown`; averaged over the subsets that have the value):\n\n" + header + "\n".join(lines) + "\n"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

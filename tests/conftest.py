@@ -28,3 +28,30 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("real annotation files not available (set CTIIR_SHARED_DATA to shared/data)")
     return path
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` synthetic benchmark (seed 0), written once per test module."""
+    from ctiir.datamodules.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny")
+
+
+@pytest.fixture
+def restore_logging():
+    """``ctiir.cli.main`` configures logging and warnings for the process it runs in; give the next test the
+    state this one found. Modules that call ``main`` use it for every test (``pytestmark``)."""
+    import logging
+    import warnings
+
+    from ctiir.cli import LIGHTNING_RANK_ZERO_LOGGERS
+
+    names = ("", "ctiir", *LIGHTNING_RANK_ZERO_LOGGERS)
+    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).filters)) for name in names}
+    with warnings.catch_warnings():
+        yield
+    for name, (level, filters) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.filters[:] = filters

@@ -13,23 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctiir.cli import LIGHTNING_RANK_ZERO_LOGGERS, configure_logging, main
+from ctiir.cli import configure_logging, main
 from ctiir.configs import packaged_configs, resolve_config_args, resolve_config_path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "ctiir" / "configs"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures logging for the process it runs in; give the next test the state this one found."""
-    names = ("", "ctiir", *LIGHTNING_RANK_ZERO_LOGGERS)
-    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).filters)) for name in names}
-    yield
-    for name, (level, filters) in saved.items():
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        logger.filters[:] = filters
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

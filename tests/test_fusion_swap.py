@@ -7,7 +7,6 @@ hyperparameters (what a checkpoint rebuilds from) and that one optimiser step mo
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,11 @@ import pytest
 import torch
 import yaml
 
-from ctiir.cli import LIGHTNING_RANK_ZERO_LOGGERS, main
+from ctiir.cli import main
 from ctiir.configs import packaged_configs
 from ctiir.fusion import AdaptiveWeighting, FixedSum, Fusion, Gated
 
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ctiir.datamodules.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny", progress=False)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures logging for the process it runs in; give the next test the state this one found."""
-    names = ("", "ctiir", *LIGHTNING_RANK_ZERO_LOGGERS)
-    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).filters)) for name in names}
-    yield
-    for name, (level, filters) in saved.items():
-        logging.getLogger(name).setLevel(level)
-        logging.getLogger(name).filters[:] = filters
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 class FitRecord:

@@ -4,32 +4,16 @@ loggers ``ctiir progressive`` uses: CSV in each stage's folder by default, or th
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 import pytest
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 
-from ctiir.cli import LIGHTNING_RANK_ZERO_LOGGERS, main
+from ctiir.cli import main
 from ctiir.pipeline import stage_loggers
 
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ctiir.datamodules.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny", progress=False)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    names = ("", "ctiir", *LIGHTNING_RANK_ZERO_LOGGERS)
-    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).filters)) for name in names}
-    yield
-    for name, (level, filters) in saved.items():
-        logging.getLogger(name).setLevel(level)
-        logging.getLogger(name).filters[:] = filters
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_a_csv_logger_records_the_resolved_backbone_and_fusion(synth_root: Path, tmp_path: Path) -> None:

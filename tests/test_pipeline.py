@@ -11,7 +11,7 @@ import torch
 from ctiir.pipeline import progressive_main
 
 
-def write_config(tmp_path: Path, root: Path, run_dir: Path, stage_one_epochs: int = 0) -> Path:
+def write_config(tmp_path: Path, root: Path, run_dir: Path, stage_one_epochs: int = 0, data_extra: str = "") -> Path:
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         f"""
@@ -21,7 +21,7 @@ backbone: tiny
 progress_bar: false
 data:
   class_path: ctiir.datamodules.SyntheticDataModule
-  init_args: {{root: {root}, size: tiny, batch_size: 16, max_val_queries: 6}}
+  init_args: {{root: {root}, size: tiny, batch_size: 16, max_val_queries: 6{data_extra}}}
 trainer: {{accelerator: cpu, devices: 1, limit_train_batches: 2}}
 stages:
   I: {{max_epochs: {stage_one_epochs}}}
@@ -32,17 +32,11 @@ stages:
     return config
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ctiir.datamodules.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny")
-
-
 @pytest.mark.slow
 def test_progressive_chains_the_stages_and_writes_the_run_folder(synth_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    assert progressive_main(["--config", str(write_config(tmp_path, synth_root, run_dir))]) == 0
+    config = write_config(tmp_path, synth_root, run_dir, data_extra=", breakdown: [scenario]")
+    assert progressive_main(["--config", str(config)]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     stages = results["stages"]
     for name in ("I", "II", "III"):
@@ -61,9 +55,14 @@ def test_progressive_chains_the_stages_and_writes_the_run_folder(synth_root: Pat
     assert not (run_dir / "stage-II" / "examples").exists()
     table = (run_dir / "results.md").read_text()
     assert "dress R@10" in table and "w_img" in table and table.count("\n| I") + table.count("\n| II") >= 2
+    # The datamodule's breakdown: logged, in results.json's structure, and a table in results.md.
+    assert iii["synthetic/avg/scenario=edit/queries"] == 18.0  # max_val_queries: 6 per category
+    groups = stages["III"]["evaluation"]["protocols"][-1]["breakdown_average"]
+    assert groups["scenario"]["edit"]["R@10"] == pytest.approx(iii["synthetic/avg/R@10"])
+    assert "| III (adaptive) | scenario=edit | 18 |" in table
     # A finished run is never overwritten.
     with pytest.raises(FileExistsError, match="already holds"):
-        progressive_main(["--config", str(write_config(tmp_path, synth_root, run_dir))])
+        progressive_main(["--config", str(config)])
 
 
 @pytest.mark.slow

@@ -32,13 +32,6 @@ class StopBefore(L.Callback):
             raise Interrupt(f"interrupted before step {self.step}")
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ctiir.datamodules.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny")
-
-
 def run(root: Path, folder: Path, stop_before: int | None = None, ckpt_path: str | None = None) -> ComposedRetrieval:
     """Stage III on the tiny benchmark: random crops, shuffled batches, caption order and fusion dropout all
     draw random numbers, so any state lost on resume shows in the weights."""

@@ -4,7 +4,6 @@ warnings that matter (a skipped image, a library's warning) still reach the user
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctiir.cli import LIGHTNING_RANK_ZERO_LOGGERS, configure_logging, main
+from ctiir.cli import configure_logging, main
 from tests.test_retrieval_index import make_gallery, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,17 +22,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFO
 NOISE = ("💡 Tip", "Parsing", "Attempting to load config", "SimpleTokenizer", "architecture only", "LeafSpec", "Traceback")
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures logging and warnings for the process it runs in; give the next test what this one found."""
-    names = ("", "ctiir", *LIGHTNING_RANK_ZERO_LOGGERS)
-    saved = {name: (logging.getLogger(name).level, list(logging.getLogger(name).filters)) for name in names}
-    with warnings.catch_warnings():
-        yield
-    for name, (level, filters) in saved.items():
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        logger.filters[:] = filters
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,6 @@ from ctiir.fusion import AdaptiveWeighting, Gated
 from ctiir.stages import ComposedRetrieval, DomainPretraining, OpenDomainAlignment
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ctiir.datamodules.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "data", seed=0, size="tiny")
-
-
 def data(root: Path, **kwargs) -> SyntheticDataModule:
     return SyntheticDataModule(root=str(root), size="tiny", batch_size=16, **kwargs)
 

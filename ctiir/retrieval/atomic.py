@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ctiir.io import write_atomic
+from ctiir.io import sync_folder, write_atomic
 
 JOURNAL = ".commit.json"
 _TMP_MARK = ".tmp-"
@@ -32,27 +32,15 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the renames themselves durable; not every platform can open a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _roll_forward(folder: Path, journal: Mapping[str, Any]) -> None:
     for name, tmp in journal["files"].items():
         if (folder / tmp).exists():
             os.replace(folder / tmp, folder / name)
     for name in journal.get("remove", []):
         (folder / name).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    sync_folder(folder)
     (folder / JOURNAL).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    sync_folder(folder)
 
 
 def pending_commit(folder: Path) -> bool:
