@@ -112,7 +112,9 @@ def evaluation_loader(dataset: Dataset, batch_size: int, workers: int, collate: 
 def datamodule_pipelines(data: SyntheticDataModule, workers: int) -> dict[str, Pipeline]:
     def train() -> list[tuple[DataLoader, int]]:
         data.num_workers = workers
-        return [(data.train_dataloader(), 2)]
+        loader = data.train_dataloader()
+        data.teardown("fit")  # the datamodule lets go of it (as after a fit): the pass holds the only reference
+        return [(loader, 2)]
 
     def evaluation() -> list[tuple[DataLoader, int]]:
         tasks = data.retrieval_tasks("val", "composed")

@@ -117,3 +117,29 @@ def test_worker_processes_build_the_same_items() -> None:
 def test_ranks_get_disjoint_shards_of_one_order() -> None:
     shards = [sum(ids(epoch(loader(n=16, batch_size=2, replicas=2, rank=r), 3)), []) for r in (0, 1)]
     assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(16))
+
+
+def test_teardown_after_fit_lets_the_persistent_workers_stop(synth_root) -> None:
+    """The datamodule keeps its training loaders for ``state_dict``; after ``fit`` it lets them go, so their
+    persistent workers stop instead of living as long as the datamodule."""
+    import gc
+    import multiprocessing as mp
+
+    from ctiir.backbones import build_backbone
+    from ctiir.datamodules import SyntheticDataModule
+    from ctiir.datamodules.request import DataRequest
+
+    data = SyntheticDataModule(str(synth_root), size="tiny", batch_size=8, num_workers=1)
+    data.serve(DataRequest(sources={"main": "triplets"}, backbone=build_backbone("tiny")))
+    data.setup("fit")
+    train = data.train_dataloader()
+    next(iter(train))
+    assert mp.active_children(), "a worker serves the pass"
+    assert data.state_dict()["train_positions"]
+    del train
+    gc.collect()
+    assert mp.active_children(), "the datamodule still holds the loader (its position is saved with checkpoints)"
+    data.teardown("fit")
+    gc.collect()
+    assert not mp.active_children()
+    assert data.state_dict() == {}

@@ -313,6 +313,13 @@ class CTIIRDataModule(L.LightningDataModule):
         self._restore_positions()
         return self._combined(self._train_loaders)
 
+    def teardown(self, stage: str) -> None:
+        """Let go of the training loaders after ``fit``: their persistent workers stop with them (the
+        datamodule keeps them during training, for the positions that ``state_dict`` saves)."""
+        if stage == "fit":
+            self._train_loaders = {}
+        super().teardown(stage)
+
     # ------------------------------------------------------------------ exact resume
     def state_dict(self) -> dict[str, Any]:
         """Where each training loader is (epoch, pass, batches delivered), saved with every checkpoint.
