@@ -83,7 +83,10 @@ class DrawnDataset(Dataset):
     def __getitem__(self, key: Draw | int) -> dict[str, Any]:
         if isinstance(key, Draw):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(key.seed)
+                # The CPU generator only, which is what data transforms draw from: ``torch.manual_seed`` also
+                # seeds every accelerator's generator, and where none is initialised that records a stack trace
+                # per call (a third of the input pipeline's time, benchmarks/bench_data.py).
+                torch.default_generator.manual_seed(key.seed)
                 return self.make(self.records[key.index], key.index, random.Random(key.seed))
         return self.make(self.records[key], key, random.Random(key))
 
