@@ -23,8 +23,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
+# One torch thread unless told otherwise: the demo's DataLoader worker takes the other core of a 2-core
+# machine, and two OpenMP threads on a busy core made it 3x slower (docs/performance.md, "The demo"). The
+# thread count also fixes the float summation order, so the README's numbers reproduce.
 demo: install
-	$(VENV)/bin/ctiir progressive --config synthetic --run_dir $(RUN_DIR)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/ctiir progressive --config synthetic --run_dir $(RUN_DIR)
 
 test: install
 	$(PY) -m pytest -q
