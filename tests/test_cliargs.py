@@ -73,7 +73,7 @@ def test_options_come_from_a_yaml_config_too(tmp_path: Path, capsys: pytest.Capt
     config = tmp_path / "synth.yaml"
     config.write_text(yaml.safe_dump({"out": str(tmp_path / "s"), "seed": 2, "size": "tiny", "progress_bar": False}))
     assert main(["synth", "--config", str(config)]) == 0
-    assert "seed=2, size=tiny" in capsys.readouterr().out
+    assert "seed=2, size='tiny'" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["synth", "--config", str(config), "--seed=5", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
