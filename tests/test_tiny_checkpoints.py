@@ -34,7 +34,7 @@ def queries(model: ComposedRetrieval) -> torch.Tensor:
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
-        return model.encode_query({"image": images, "text": ["is red", "has long sleeves and a collar"]})
+        return model.encode_query({"image": images, "text": ["is red", "has long sleeves and a collar"]}).query
 
 
 def test_old_tiny_checkpoint_loads_with_the_current_code(tmp_path: Path) -> None:
