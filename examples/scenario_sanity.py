@@ -42,8 +42,7 @@ def write_json(path: Path, data: Any) -> None:
     """Atomically (``ctiir.io.write_atomic``: a temporary file in the same folder, then a rename)."""
     from ctiir.io import write_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(data, indent=1))
+    write_atomic(path, json.dumps(data, indent=1))  # creates the folder too
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

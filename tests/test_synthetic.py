@@ -24,6 +24,7 @@ from ctiir.datamodules.synthetic import (
     SIZES,
     SyntheticOutputError,
     attribute_values,
+    format_scenarios,
     generate,
     parse_scenarios,
     query_scenarios,
@@ -319,6 +320,11 @@ def test_scenario_specs() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             parse_scenarios(bad)
+    # What messages and metadata show is a spelling that reads back as the same mix.
+    for spec, spelled in (("edit", "edit"), ("mixed", "mixed"), ("edit=0.4,text-led=0.3,image-led=0.3", None), ({"edit": 1 / 7, "image-led": 6 / 7}, None)):
+        mix = parse_scenarios(spec)
+        assert parse_scenarios(format_scenarios(mix)) == pytest.approx(mix, abs=1e-11)
+        assert spelled is None or format_scenarios(mix) == spelled
     assert scenario_counts(100, parse_scenarios("mixed")) == {"edit": 34, "text-led": 33, "image-led": 33}
     assert scenario_counts(7, {"edit": 0.4, "text-led": 0.3, "image-led": 0.3}) == {"edit": 3, "text-led": 2, "image-led": 2}
 
@@ -411,7 +417,7 @@ def test_another_scenario_mix_needs_overwrite(mixed: Path, tmp_path: Path) -> No
     before = {p: p.stat().st_mtime_ns for p in mixed.rglob("*") if p.is_file()}
     assert generate(mixed, seed=0, size="tiny", scenarios="mixed") == mixed
     assert {p: p.stat().st_mtime_ns for p in mixed.rglob("*") if p.is_file()} == before
-    with pytest.raises(SyntheticOutputError, match=r"scenarios=edit=0.333333,text-led=0.333333,image-led=0.333333.*not seed=0, size='tiny', version"):
+    with pytest.raises(SyntheticOutputError, match=r"with seed=0, size='tiny', scenarios=mixed, version=\d+, not seed=0, size='tiny', version"):
         generate(mixed, seed=0, size="tiny")
     assert read_metadata(mixed)["scenarios"] == parse_scenarios("mixed")
     with pytest.raises(FileNotFoundError, match="no synthetic dataset"):
@@ -531,3 +537,17 @@ def test_cli_writes_dataset_and_reports_conflicts(tmp_path: Path, capsys: pytest
     assert load(mixed_out, META_FILE)["scenarios"] == {"edit": 0.5, "image-led": 0.5}
     assert synth_main(["--out", str(tmp_path / "bad"), "--scenarios=edit=0.5"]) == 2
     assert "--scenarios: scenario proportions must sum to 1" in capsys.readouterr().err
+
+
+def test_datamodule_asking_for_another_scenario_mix_says_how_to_go_on(tiny: Path) -> None:
+    from ctiir.datamodules import SyntheticDataModule
+
+    before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()}
+    dm = SyntheticDataModule(str(tiny), size="tiny", scenarios="mixed")
+    with pytest.raises(SyntheticOutputError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert f"{tiny} holds the synthetic benchmark with seed=0, size='tiny', but" in message
+    assert "asks for scenarios='mixed'" in message and "--data.init_args.scenarios=edit" in message
+    assert f"ctiir synth --out {tiny} --seed 0 --size tiny --scenarios=mixed --overwrite=true" in message
+    assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()} == before

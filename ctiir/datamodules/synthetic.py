@@ -892,7 +892,8 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _mix_of(meta: dict[str, Any]) -> Mix:
+def mix_of(meta: Mapping[str, Any]) -> Mix:
+    """The scenario mix a dataset was written with (``synthetic.json``; none recorded: ``edit`` only)."""
     return parse_scenarios(meta.get("scenarios", "edit"))
 
 
@@ -902,8 +903,13 @@ def _describe(seed: int, size: str, mix: Mix) -> str:
 
 
 def format_scenarios(mix: Mix) -> str:
-    """``edit`` or ``edit=0.4,text-led=0.3,image-led=0.3``: the ``--scenarios`` spelling of a mix."""
-    return "edit" if _is_edit_only(mix) else ",".join(f"{name}={p:.6g}" for name, p in mix.items())
+    """``edit``, ``mixed`` or ``edit=0.4,text-led=0.3,image-led=0.3``: the ``--scenarios`` spelling of a mix,
+    which :func:`parse_scenarios` reads back as the same mix."""
+    if _is_edit_only(mix):
+        return "edit"
+    if mix == parse_scenarios(MIXED):
+        return MIXED
+    return ",".join(f"{name}={p:.12g}" for name, p in mix.items())
 
 
 def _files_under(root: Path) -> set[str]:
@@ -990,7 +996,7 @@ def generate(
             )
         old_files = expected_files(meta)
         missing = [f for f in old_files if not (root / f).is_file()]
-        theirs = _mix_of(meta)
+        theirs = mix_of(meta)
         same = (meta["seed"], meta["size"], meta["version"], theirs) == (seed, size, VERSION, mix)
         stale = same and meta.get("size_params") != _size_params(SIZES[size])  # a size redefined since
         same = same and not stale

@@ -5,7 +5,6 @@ datamodule, unchanged. The generator itself (``ctiir.datamodules.synthetic``) st
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from ctiir.datamodules.base import Split
@@ -16,7 +15,9 @@ from ctiir.datamodules.synthetic import (
     SIZES,
     VERSION,
     SyntheticOutputError,
+    format_scenarios,
     generate,
+    mix_of,
     parse_scenarios,
     query_scenarios,
     read_metadata,
@@ -67,7 +68,6 @@ class SyntheticDataModule(FashionIQDataModule):
             raise ValueError(f"SyntheticDataModule: unknown size {size!r}; expected one of {sorted(SIZES)}")
         self.size = size
         self.synth_seed = synth_seed
-        self.scenarios = scenarios
         self.generate_if_missing = generate_if_missing
         self._scenario_lists: dict[tuple[str, str], list[str]] = {}
 
@@ -86,28 +86,34 @@ class SyntheticDataModule(FashionIQDataModule):
 
     def _explain(self, err: SyntheticOutputError) -> str:
         """What is at ``root``, and how to go on from a LightningCLI command, a YAML config or Python."""
-        regenerate = f"`ctiir synth --out {self.root} --seed {self.synth_seed} --size {self.size} --overwrite=true`"
+        asked = format_scenarios(self.scenario_mix)
+        scenarios = "" if asked == "edit" else f" --scenarios={asked}"
+        regenerate = (
+            f"`ctiir synth --out {self.root} --seed {self.synth_seed} --size {self.size}{scenarios} --overwrite=true`"
+        )
         other_root = "or choose another root (--data.init_args.root=DIR)"
         try:
             meta = json.loads((self.root / META_FILE).read_text(encoding="utf-8"))
-            seed, size, version = meta["seed"], meta["size"], meta["version"]
+            seed, size, version, mix = meta["seed"], meta["size"], meta["version"], format_scenarios(mix_of(meta))
         except (OSError, ValueError, TypeError, KeyError):  # no readable metadata: the generator's words stand
             return f"{err}\nSyntheticDataModule: {other_root}."
         found = f"{self.root} holds the synthetic benchmark with seed={seed}, size={size!r}"
-        if (seed, size, version) == (self.synth_seed, self.size, VERSION):
+        found += "" if mix == "edit" else f", scenarios={mix}"
+        if (seed, size, version, mix) == (self.synth_seed, self.size, VERSION, asked):
             return f"{found}, but it is incomplete ({err}).\nRegenerate it with {regenerate}, {other_root}."
         if version != VERSION:
             return (
                 f"{found} written by generator version {version}, not {VERSION}.\nRegenerate it with {regenerate}, "
                 f"{other_root}."
             )
-        differ = {k: v for k, v, mine in (("size", size, self.size), ("synth_seed", seed, self.synth_seed)) if v != mine}
-        asked = ", ".join(f"{k}={getattr(self, k)!r}" for k in differ)
+        mine = {"size": self.size, "synth_seed": self.synth_seed, "scenarios": asked}
+        differ = {k: v for k, v in (("size", size), ("synth_seed", seed), ("scenarios", mix)) if v != mine[k]}
+        wanted = ", ".join(f"{k}={mine[k]!r}" for k in differ)
         flags = " ".join(f"--data.init_args.{k}={v}" for k, v in differ.items())
         short = " ".join(f"--data.{k}={v}" for k, v in differ.items())
         python = ", ".join(f"{k}={v!r}" for k, v in differ.items())
         return (
-            f"{found}, but this SyntheticDataModule asks for {asked}, and never overwrites a dataset.\n"
+            f"{found}, but this SyntheticDataModule asks for {wanted}, and never overwrites a dataset.\n"
             f"To use the one that is there, pass {flags} (or {short}; in a YAML config under data.init_args; in Python "
             f"SyntheticDataModule(..., {python})). To replace it: {regenerate}. Or choose another root "
             "(--data.init_args.root=DIR)."
@@ -126,11 +132,8 @@ class SyntheticDataModule(FashionIQDataModule):
             return super().query_attribute(attribute, query, subset, split)
         key = (str(subset), self.annotation_split(split))
         if key not in self._scenario_lists:
-            self._scenario_lists[key] = query_scenarios(self._metadata(), *key)
+            self._scenario_lists[key] = query_scenarios(read_metadata(self.root), *key)
         return self._scenario_lists[key][caption_index(query.name)]
-
-    def _metadata(self) -> Mapping[str, Any]:
-        return read_metadata(self.root)
 
     def protocol_name(self) -> str:
         """``synthetic`` for the original protocol (``val/synthetic/dress/R@10``), else ``synthetic-val-split``."""
