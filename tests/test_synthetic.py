@@ -424,6 +424,19 @@ def test_another_scenario_mix_needs_overwrite(mixed: Path, tmp_path: Path) -> No
         read_metadata(tmp_path)
 
 
+def test_overwrite_replaces_a_dataset_of_another_scenario_mix(tmp_path: Path) -> None:
+    """``--overwrite`` checks the old files against the generator's own list for the mix they were written
+    with (the edit-only list would call most of a mixed dataset's files foreign and refuse)."""
+    root = generate(tmp_path / "d", seed=0, size="tiny", scenarios="mixed")
+    generate(root, seed=0, size="tiny", overwrite=True)
+    assert "scenarios" not in read_metadata(root)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(tmp_path / "edit").as_posix() for p in generate(tmp_path / "edit", seed=0, size="tiny").rglob("*") if p.is_file()
+    )
+    generate(root, seed=0, size="tiny", scenarios="mixed", overwrite=True)
+    assert read_metadata(root)["scenarios"] == parse_scenarios("mixed")
+
+
 # --------------------------------------------------------------------------------------------- output safety
 def test_existing_identical_dataset_returns_quickly_untouched(tiny: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()}

@@ -925,8 +925,8 @@ def _inside(root: Path, name: str) -> bool:
 
 
 def _check_own_files(root: Path, meta: dict[str, Any], files: Sequence[str]) -> None:
-    """Refuse to delete unless every file the metadata lists is one this generator writes for its seed and
-    size (its own list, rebuilt), and lies inside ``root``: a tampered ``synthetic.json`` cannot make
+    """Refuse to delete unless every file the metadata lists is one this generator writes for its seed, size
+    and scenario mix (its own list, rebuilt), and lies inside ``root``: a tampered ``synthetic.json`` cannot make
     ``--overwrite`` delete anything else."""
     if meta["size"] not in SIZES or meta["version"] != VERSION:
         raise SyntheticOutputError(
@@ -934,7 +934,7 @@ def _check_own_files(root: Path, meta: dict[str, Any], files: Sequence[str]) -> 
             f"version {VERSION}, which cannot rebuild that file list to check it; refusing to delete anything in "
             f"{root} (remove the folder yourself, or choose another --out)"
         )
-    own = set(expected_files(_build(meta["seed"], meta["size"])))
+    own = set(expected_files(_build(meta["seed"], meta["size"], mix_of(meta))))
     strays = [f for f in files if f not in own or not _inside(root, f)]
     if strays:
         shown = ", ".join(repr(f) for f in strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
