@@ -234,3 +234,21 @@ def test_stage_three_trains_on_a_saved_dataset_through_the_cli(saved: Path, tmp_
     assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses
     recall = [float(r["val/mine/R@10"]) for r in rows if r.get("val/mine/R@10")]
     assert recall, "the composed evaluation on the dataset's val rows was logged"
+
+
+def test_an_image_cell_becomes_rgb_as_a_file_does(tmp_path: Path) -> None:
+    """Transparency composited over white, like ``load_rgb`` does for a file, not whatever the transparent
+    pixels store."""
+    from ctiir.datamodules.images import load_rgb
+
+    clear = PILImage.new("RGBA", (8, 8), (200, 10, 10, 0))  # fully transparent red
+    clear.save(tmp_path / "clear.png")
+    rows = [(i, (i + 1) % 4, "text", "train") for i in range(4)]
+    table = triplet_dataset(rows).cast_column("reference", Image(decode=False))
+    cells = [table[i]["reference"] for i in range(len(table))]
+    cells[0] = {"bytes": (tmp_path / "clear.png").read_bytes(), "path": None}
+    table = table.remove_columns("reference").add_column("reference", cells, feature=Image(decode=False))
+    dm = datamodule(triplets=table.cast_column("reference", Image()))
+    from_cell = dm.load_image(dm.triplets("train")[0].reference, "")
+    assert from_cell.mode == "RGB" and from_cell.getpixel((0, 0)) == (255, 255, 255)
+    assert list(from_cell.getdata()) == list(load_rgb(tmp_path / "clear.png").getdata())

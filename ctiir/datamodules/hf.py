@@ -42,6 +42,7 @@ from PIL import UnidentifiedImageError
 from ctiir.datamodules.base import CTIIRDataModule, Split
 from ctiir.datamodules.custom import triplet_queries
 from ctiir.datamodules.errors import AnnotationError, DataError
+from ctiir.datamodules.images import to_rgb
 from ctiir.datamodules.protocol import ComposedSource, GalleryImage, ProtocolSpec
 from ctiir.datamodules.records import ImageText, Triplet
 from ctiir.datamodules.tables import SPLITS, MissingSplitError
@@ -369,4 +370,7 @@ class HFTripletDataModule(CTIIRDataModule):
             raise DataError(f"missing image in {where}")
         if not isinstance(image, PILImage.Image):
             raise DataError(f"{where}: expected an image, got {type(image).__name__}")
-        return image.convert("RGB")
+        try:
+            return to_rgb(image)  # as a file's image becomes RGB: 16-bit scaled, transparency over white
+        except ValueError as err:
+            raise DataError(f"{where}: {err}") from err
