@@ -19,7 +19,7 @@ from ctiir.retrieval.exact import chunk_rows, exact_topk
 from ctiir.retrieval.indexer import build_index
 from ctiir.retrieval.model import eval_transform, load_stage, query_embeddings
 from ctiir.retrieval.render import GREEN, Candidate, GridRow, render_grid
-from ctiir.retrieval.retriever import Retriever
+from ctiir.retrieval.retriever import Retriever, open_image
 from tests.test_retrieval_index import make_gallery, save_checkpoint
 
 
@@ -110,6 +110,19 @@ def test_image_query_finds_itself_first_from_a_path_a_pil_image_or_a_tensor(setu
         result = retriever.search(image=query, k=3)
         assert result.ids[0] == "b/c/5.png" and result.scores[0] == pytest.approx(1.0, abs=2e-3)
         assert result.scores == sorted(result.scores, reverse=True) and result.weights is None
+
+
+def test_a_transparent_png_is_one_query_image_from_a_path_bytes_or_a_pil_image(retriever: Retriever, tmp_path: Path) -> None:
+    """Paths, bytes and PIL images share ``load_rgb``'s conversion: transparency over white, not the stored colour."""
+    rgba = Image.new("RGBA", (40, 30), (200, 10, 10, 0))  # fully transparent red
+    rgba.paste((10, 200, 10, 128), (0, 0, 20, 30))  # half-transparent green on the left half
+    path = tmp_path / "transparent.png"
+    rgba.save(path)
+    pictures = [open_image(query) for query in (path, path.read_bytes(), Image.open(path), rgba)]
+    assert all(list(p.getdata()) == list(pictures[0].getdata()) for p in pictures)
+    assert pictures[0].getpixel((30, 5)) == (255, 255, 255) and pictures[0].getpixel((5, 5)) != (10, 200, 10)
+    tensors = [retriever._image_tensor(query) for query in (path, path.read_bytes(), Image.open(path), rgba)]
+    assert all(torch.equal(t, tensors[0]) for t in tensors)
 
 
 def test_composed_text_and_batch_queries(setup, retriever: Retriever) -> None:

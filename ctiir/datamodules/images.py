@@ -68,6 +68,17 @@ def _bomb_pixels(err: Exception) -> int:
     return int(found.group(1)) if found else 0
 
 
+def refusal(img: Image.Image) -> str | None:
+    """Why ``img`` (opened, not yet decoded) is refused: over the pixel limit, or a mode ctiir does not
+    convert; ``None`` to go on. Read from the header, so nothing is decoded first."""
+    return _too_large(img.size[0] * img.size[1], f"{img.size[0]} x {img.size[1]}") or unsupported(img)
+
+
+def bomb_refusal(err: Exception) -> str:
+    """The refusal for Pillow's ``DecompressionBombError`` (over twice the limit, raised at open)."""
+    return _too_large(_bomb_pixels(err)) or f"image too large ({err})"
+
+
 def unsupported(img: Image.Image) -> str | None:
     """Why ctiir will not convert ``img`` (its mode), or ``None``."""
     if img.mode == "F":
@@ -95,7 +106,7 @@ def load_rgb(path: str | Path, context: str = "") -> Image.Image:
     ``ImageError`` (a ``DataError``) naming it and ``context`` (the split and annotation entry)."""
     try:
         with Image.open(path) as img:
-            reason = _too_large(img.size[0] * img.size[1], f"{img.size[0]} x {img.size[1]}") or unsupported(img)
+            reason = refusal(img)
             if reason is not None:
                 raise ImageError(path, reason, context)
             img.load()
@@ -105,7 +116,7 @@ def load_rgb(path: str | Path, context: str = "") -> Image.Image:
     except FileNotFoundError as err:
         raise ImageError(path, "missing image", context) from err
     except Image.DecompressionBombError as err:  # over twice the limit: Pillow refuses at open
-        raise ImageError(path, _too_large(_bomb_pixels(err)) or f"image too large ({err})", context) from err
+        raise ImageError(path, bomb_refusal(err), context) from err
     except UnidentifiedImageError as err:
         empty = Path(path).is_file() and Path(path).stat().st_size == 0
         raise ImageError(path, "empty image file" if empty else "not an image (unknown format)", context) from err

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class FaissOptions:
     nlist: int | None = None
     nprobe: int = 16
     train_size: int = 100_000
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -70,13 +69,11 @@ class FaissOptions:
             raise RetrievalError(f"FAISS option nlist must be a positive int or None, got {self.nlist!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("extra")
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FaissOptions:
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__ and k != "extra"})
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 def resolved_nlist(options: FaissOptions, n: int) -> int:

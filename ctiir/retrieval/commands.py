@@ -12,9 +12,7 @@ Heavy imports (torch, Lightning, the stages) happen when a command runs, so ``--
 from __future__ import annotations
 
 import json
-import os
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,21 +194,17 @@ def search_parser() -> ArgumentParser:
 
 
 def save_png_atomic(image: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from ctiir.io import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")
 
 
-def result_picture(retriever: Any, result: Any, image: Any, target: str | None) -> Any:
-    """The ``--out`` picture: the reference, its text and weights, and the ranked gallery images."""
+def result_picture(retriever: Any, result: Any, reference: Any, target: str | None) -> Any:
+    """The ``--out`` picture: the reference (an RGB image or ``None``), its text and weights, and the ranked gallery images."""
     from ctiir.datamodules.errors import DataError
     from ctiir.datamodules.images import load_rgb
     from ctiir.retrieval.render import Candidate, GridRow, render_grid
-    from ctiir.retrieval.retriever import open_image
 
     candidates = []
     for rank, (gid, score, row) in enumerate(zip(result.ids, result.scores, result.rows, strict=True), start=1):
@@ -219,7 +213,6 @@ def result_picture(retriever: Any, result: Any, image: Any, target: str | None) 
         except DataError:
             picture = None  # drawn as a placeholder: the gallery file moved since indexing
         candidates.append(Candidate(gid, score, rank, picture))
-    reference = open_image(image) if image is not None else None
     return render_grid([GridRow(reference, result.text, candidates, result.weights, target)])
 
 
@@ -245,18 +238,22 @@ def run_search(parser: ArgumentParser, args: Namespace, device: Any) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ctiir.retrieval.retriever import Retriever
+    from ctiir.retrieval.retriever import Retriever, open_image
 
     retriever = Retriever.from_checkpoint(args.ckpt, args.index, device=device, backend=args.backend)
-    if args.target is not None and args.target not in retriever.index.ids:
-        parser.error(f"--target {args.target!r} is not an id of the index {args.index}")
+    if args.target is not None:
+        try:
+            retriever.index.position(args.target)
+        except KeyError:
+            parser.error(f"--target {args.target!r} is not an id of the index {args.index}")
     k = min(args.k, len(retriever.index))
     if k < args.k:
         print(f"(the index holds {k} images: -k {args.k} shows all of them)", file=sys.stderr)
-    result = retriever.search(image=args.image, text=args.text, k=k)
+    reference = open_image(args.image) if args.image is not None else None  # decoded once: searched and drawn
+    result = retriever.search(image=reference, text=args.text, k=k)
     target_rank = result.rank_of(args.target) if args.target is not None else None
     if args.out:
-        save_png_atomic(result_picture(retriever, result, args.image, args.target), Path(args.out))
+        save_png_atomic(result_picture(retriever, result, reference, args.target), Path(args.out))
     if args.json:
         payload = result.to_dict()
         payload["image"] = args.image

@@ -164,7 +164,8 @@ def build_index(
         kept_files.append(f)
     if not kept_files:
         raise RetrievalError(f"none of the {len(files)} images under {root} could be read")
-    embeddings = F.normalize(torch.stack(rows), dim=-1)
+    # Converted to the stored dtype once: FAISS is built from, and save_index writes, this very tensor.
+    embeddings = F.normalize(torch.stack(rows), dim=-1).to("cpu", DTYPES[dtype])
     manifest = make_manifest(
         ckpt=ckpt.resolve(),
         ckpt_sha256=ckpt_sha,
@@ -178,8 +179,7 @@ def build_index(
     )
     extra: dict[str, Any] = {}
     if faiss is not None:
-        stored = embeddings.to(DTYPES[dtype])
-        index, entry = ann.build_for_index(stored, faiss, fp16=dtype == "float16")
+        index, entry = ann.build_for_index(embeddings, faiss, fp16=dtype == "float16")
         extra[entry["file"]] = ann.writer(index)
         manifest["faiss"] = entry
         log.info("FAISS %s: recall@10 %.4f vs exact on %d gallery vectors", entry["backend"], entry["recall_at_10"], entry["recall_sample"])

@@ -21,14 +21,27 @@ class SearchAPI(ls.LitAPI):
     """``POST /search``. Bad queries are rejected in ``decode_request`` (a 400 naming the problem), so a batch
     that reaches ``predict`` is made only of valid queries and one bad request never fails its neighbours."""
 
-    def __init__(self, ckpt: str, index: str, *, backend: str = "exact", max_k: int = 100, max_batch_size: int = 8, device: str | None = None) -> None:
+    def __init__(
+        self,
+        ckpt: str,
+        index: str,
+        *,
+        backend: str = "exact",
+        max_k: int = 100,
+        max_batch_size: int = 8,
+        device: str | None = None,
+        ckpt_sha256: str | None = None,
+    ) -> None:
         super().__init__(api_path="/search", max_batch_size=max_batch_size, batch_timeout=0.005)
         self.ckpt, self.index, self.backend, self.requested_max_k, self.device_override = ckpt, index, backend, max_k, device
+        self.ckpt_sha256 = ckpt_sha256  # the checkpoint's sha256 if the caller already has it: not hashed again
 
     def setup(self, device: str) -> None:
         from ctiir.retrieval.retriever import Retriever
 
-        self.retriever = Retriever.from_checkpoint(self.ckpt, self.index, device=self.device_override or device, backend=self.backend)
+        self.retriever = Retriever.from_checkpoint(
+            self.ckpt, self.index, device=self.device_override or device, backend=self.backend, ckpt_sha256=self.ckpt_sha256
+        )
         self.max_k = min(self.requested_max_k, len(self.retriever.index))
 
     def decode_request(self, request: Request) -> dict[str, Any]:  # noqa: D102 - LitServe reads this annotation

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ctiir.datamodules.errors import DataError
-from ctiir.datamodules.images import load_rgb
+from ctiir.datamodules.images import bomb_refusal, load_rgb, refusal, to_rgb
 from ctiir.retrieval import ann
 from ctiir.retrieval.errors import QueryError, RetrievalError
 from ctiir.retrieval.exact import exact_topk
@@ -52,16 +52,31 @@ class SearchResult:
 
 
 def open_image(image: ImageInput, what: str = "query image") -> Image.Image:
-    """A path, raw bytes, a PIL image or a uint8 tensor as an RGB PIL image; a ``QueryError`` if unreadable."""
+    """A path, raw bytes, a PIL image or a uint8 tensor as an RGB PIL image; a ``QueryError`` if unreadable.
+
+    Paths, bytes and PIL images go through the same checks and conversion (``load_rgb``'s pixel limit and
+    ``to_rgb``: transparency over white, 16-bit scaled), so one image gives one embedding however it arrives.
+    """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        reason = refusal(image)
+        if reason is None:
+            try:
+                return to_rgb(image)
+            except ValueError as err:
+                reason = str(err)
+        raise QueryError(f"{what}: {reason}")
     if isinstance(image, (bytes, bytearray)):
         try:
             with Image.open(io.BytesIO(image)) as img:
-                img.load()
-                return img.convert("RGB")
+                reason = refusal(img)
+                if reason is None:
+                    img.load()
+                    return to_rgb(img)
+        except Image.DecompressionBombError as err:  # over twice the limit: Pillow refuses at open
+            reason = bomb_refusal(err)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise QueryError(f"{what}: the {len(image)} bytes are not a readable image ({type(err).__name__})") from err
+        raise QueryError(f"{what}: {reason}")
     if isinstance(image, (str, Path)):
         try:
             return load_rgb(image, what)
@@ -122,12 +137,19 @@ class Retriever:
         index_device: str | torch.device | None = None,
         backend: str = "exact",
         verify: bool = True,
+        ckpt_sha256: str | None = None,
         **kwargs: Any,
     ) -> Retriever:
-        """Load the checkpoint and its index (on ``index_device``, default ``device``) and check they match."""
+        """Load the checkpoint and its index (on ``index_device``, default ``device``) and check they match.
+
+        ``ckpt_sha256``: the checkpoint file's sha256 when the caller has already computed it (it is hashed here
+        otherwise).
+        """
         module = load_stage(ckpt, device)
         loaded = load_index(index, device=index_device or device, verify=verify)
-        return cls(module, loaded, ckpt_sha256=file_sha256(ckpt), ckpt=ckpt, backend=backend, **kwargs)
+        if ckpt_sha256 is None:
+            ckpt_sha256 = file_sha256(ckpt)
+        return cls(module, loaded, ckpt_sha256=ckpt_sha256, ckpt=ckpt, backend=backend, **kwargs)
 
     # ------------------------------------------------------------------------------------------ queries
     def _image_tensor(self, image: ImageInput) -> torch.Tensor:
@@ -146,7 +168,10 @@ class Retriever:
 
     @torch.no_grad()
     def encode(self, images: Sequence[ImageInput | None], texts: Sequence[str | None]) -> tuple[torch.Tensor, list[tuple[float, float] | None]]:
-        """Query embeddings (Q, D) and per-query weights; queries are grouped by modality and encoded in batches."""
+        """Query embeddings (Q, D) and per-query weights; queries are grouped by modality and encoded in batches.
+
+        Each query must hold an image or a non-blank text (``search_batch`` checks that first).
+        """
         if len(images) != len(texts):
             raise QueryError(f"{len(images)} images and {len(texts)} texts: give one of each per query (None to omit)")
         device = self.module.device
@@ -155,8 +180,6 @@ class Retriever:
             if text is not None and not isinstance(text, str):
                 raise QueryError(f"query {i}: text must be a string, got {type(text).__name__}")
             has_text = text is not None and text.strip() != ""
-            if image is None and not has_text:
-                raise QueryError(f"query {i}: give an image, a text, or both")
             groups.setdefault((image is not None, has_text), []).append(i)
         out = torch.empty(len(images), embed_dim(self.module))
         weights: list[tuple[float, float] | None] = [None] * len(images)
@@ -177,9 +200,9 @@ class Retriever:
         """``(scores, rows)`` (Q, k) for query embeddings, by the chosen backend.
 
         A query embedding with a NaN or an infinity is an error (``first`` numbers the queries in it), never a
-        ranking: ``torch.topk`` and FAISS would order the gallery arbitrarily for it.
+        ranking: ``torch.topk`` and FAISS would order the gallery arbitrarily for it. ``k`` must have passed
+        ``check_k`` (``search_batch`` checks it once for all batches).
         """
-        k = self.check_k(k)
         bad = nonfinite_rows(queries)
         if bad:
             numbers = ", ".join(str(first + r) for r in bad[:5]) + (", ..." if len(bad) > 5 else "")

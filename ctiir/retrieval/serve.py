@@ -204,12 +204,14 @@ def run_server(args: Namespace, device: Any) -> int:
     ls = import_litserve()
     # Check the pair before starting workers: a mismatch is one clear line here, not a worker crash.
     manifest = read_manifest(args.index)
-    check_checkpoint(manifest, folder=Path(args.index), ckpt_sha256=file_sha256(args.ckpt), ckpt=args.ckpt)
+    ckpt_sha256 = file_sha256(args.ckpt)  # hashed once: the workers' Retriever is handed it
+    check_checkpoint(manifest, folder=Path(args.index), ckpt_sha256=ckpt_sha256, ckpt=args.ckpt)
     max_bytes = int(args.max_upload_mb * 2**20)
     from ctiir.retrieval.litapi import SearchAPI
 
     api = SearchAPI(
-        args.ckpt, args.index, backend=args.backend, max_k=args.max_k, max_batch_size=args.max_batch_size, device=str(device)
+        args.ckpt, args.index, backend=args.backend, max_k=args.max_k, max_batch_size=args.max_batch_size, device=str(device),
+        ckpt_sha256=ckpt_sha256,
     )
     server = ls.LitServer(
         api,

@@ -28,7 +28,6 @@ from safetensors.torch import load_file, save_file
 from ctiir.retrieval.atomic import commit, pending_commit, recover
 from ctiir.retrieval.errors import IndexCorruptError, IndexMismatchError, RetrievalError
 from ctiir.retrieval.model import file_sha256
-from ctiir.stages.base import architecture
 
 FORMAT = "ctiir-gallery-index"
 FORMAT_VERSION = 1
@@ -116,10 +115,6 @@ class GalleryIndex:
         if gallery_id not in lookup:
             raise KeyError(f"{gallery_id!r} is not in the index {self.folder}")
         return lookup[gallery_id]
-
-    @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> GalleryIndex:
-        return load_index(folder, device=device, verify=verify)
 
 
 def make_manifest(
@@ -317,6 +312,8 @@ def check_compatible(
 
     Embeddings of another model live in another space; searching them would return confident nonsense.
     """
+    from ctiir.stages.base import architecture  # here, not at the top: it imports Lightning
+
     theirs = architecture(manifest["backbone"])
     ours = architecture(backbone)
     if theirs != ours:
