@@ -103,8 +103,8 @@ def run_stage(
     # The last stage draws its best- and worst-ranked test queries into stage-<name>/examples/.
     evaluation = RetrievalEvaluation(save_examples=EXAMPLES if last else 0)
     checkpoint = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor="val/score", mode="max", save_top_k=1, save_last=False, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=stage_dir, filename=LAST.removesuffix(".ckpt"), save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks: list[Any] = [evaluation, checkpoint, last]
+    latest = ModelCheckpoint(dirpath=stage_dir, filename=LAST.removesuffix(".ckpt"), save_on_train_epoch_end=True, enable_version_counter=False)
+    callbacks: list[Any] = [evaluation, checkpoint, latest]
     if cfg.progress_bar:
         callbacks.append(RichProgressBar())
     trainer_config = {**cfg.trainer, **stage.trainer}
@@ -256,18 +256,28 @@ def _run_config(cfg: PipelineConfig, skip: tuple[str, ...]) -> dict[str, Any]:
     return json.loads(json.dumps({**config, "skip": sorted(skip)}, sort_keys=True, default=str))
 
 
-def _read_record(path: Path, otherwise: str) -> dict[str, Any] | None:
-    """The JSON object in ``path``; ``None`` (with a warning saying ``otherwise``) if it is unreadable or
-    not an object, e.g. cut short by a crash."""
+class _UnreadableRecord(ValueError):
+    """A JSON record that cannot be read, or holds no JSON object."""
+
+
+def _load_record(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (e.g. cut short by a crash: ``_UnreadableRecord`` saying why)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _UnreadableRecord(str(err)) from None
+    if not isinstance(data, dict):
+        raise _UnreadableRecord(f"it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _read_record(path: Path, otherwise: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` (with a warning saying ``otherwise``) if it cannot be read."""
+    try:
+        return _load_record(path)
+    except _UnreadableRecord as err:
         log.warning("%s is incomplete or unreadable (%s): %s", path, err, otherwise)
         return None
-    if not isinstance(data, dict):
-        log.warning("%s holds no JSON object: %s", path, otherwise)
-        return None
-    return data
 
 
 def _finished_results(path: Path) -> bool:
@@ -300,8 +310,8 @@ def _claim_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> No
     path = run_dir / RUN_CONFIG
     if path.is_file() and not overwrite:
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            recorded = _load_record(path)
+        except _UnreadableRecord as err:
             raise PipelineError(f"{path} is unreadable ({err}); choose another run_dir or set overwrite: true") from None
         if recorded != config:
             keys = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))

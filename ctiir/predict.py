@@ -48,7 +48,7 @@ def write_submission(args: Any, device: Any) -> int:
     from ctiir.submission import SubmissionError, predict_cirr_submission
 
     try:
-        module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location=device).to(device)
+        module = ComposedRetrieval.load_from_checkpoint(args.ckpt, map_location=device)  # on ``device`` already
     except CheckpointError as err:
         print(f"ctiir cirr-submission: {err}", file=sys.stderr)
         return EXIT_PROBLEMS

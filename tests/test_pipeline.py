@@ -79,3 +79,12 @@ def test_skipped_stages_start_stage_three_from_scratch(synth_root: Path, tmp_pat
 def test_unknown_stage_names_are_errors(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert progressive_main(["--config", str(write_config(tmp_path, synth_root, tmp_path / "r")), "--skip=[IV]"]) == 2
     assert "--skip: unknown stage(s) ['IV']" in capsys.readouterr().err
+
+
+def test_a_run_config_that_is_not_a_json_object_is_a_clear_error(tmp_path: Path) -> None:
+    from ctiir.pipeline import RUN_CONFIG, PipelineError, _claim_run_dir
+
+    (tmp_path / RUN_CONFIG).write_text("[1, 2]\n")
+    with pytest.raises(PipelineError, match=rf"{RUN_CONFIG} is unreadable \(it holds a JSON list, not an object\)"):
+        _claim_run_dir(tmp_path, {"seed": 0}, overwrite=False)
+    assert (tmp_path / RUN_CONFIG).read_text() == "[1, 2]\n"

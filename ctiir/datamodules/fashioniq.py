@@ -247,10 +247,6 @@ class ImageFolder:
         """The file of ``image_id``; for a missing one, the ``.png`` path where it was looked for."""
         return self.find(image_id) or self.folder / f"{image_id}.png"
 
-    def describe_missing(self, image_id: str) -> str:
-        where = "" if self.folder.is_dir() else f" (the folder {self.folder} does not exist)"
-        return f"{self.folder / image_id}.png|.jpg{where}"
-
 
 # ---------------------------------------------------------------------------------------------- datamodule
 class FashionIQDataModule(CTIIRDataModule):

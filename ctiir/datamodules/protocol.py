@@ -168,6 +168,7 @@ def build_evaluation(
         raise ValueError(f"{what}: image sets need an explicit gallery (a derived one holds only references and targets)")
     removed: set[str] = set()
     gallery: list[GalleryImage] | None = None
+    listed: set[str] | None = None
     if source.gallery is not None:
         seen: set[str] = set()
         for image in source.gallery:
@@ -182,7 +183,8 @@ def build_evaluation(
             describe=lambda g: g.source or g.id,
             is_present=is_present,
         )
-        removed = seen - {g.id for g in gallery}
+        listed = {g.id for g in gallery}
+        removed = seen - listed
 
     seen_queries: dict[tuple[object, ...], ComposedQuery] = {}
     for q in source.queries:
@@ -194,7 +196,6 @@ def build_evaluation(
                 "(same reference, target and text); remove one (`ctiir check-data --write_filtered` does)"
             )
         seen_queries[key] = q
-    listed = None if gallery is None else {g.id for g in gallery}
     candidates: list[ComposedQuery] = []
     lost_target = 0
     for q in source.queries:

@@ -160,9 +160,9 @@ def read_shoes(annotations_root: str | Path) -> ShoesAnnotations:
     return ShoesAnnotations(triplets, train, evals, captions)
 
 
-def shoes_source(annotations: ShoesAnnotations, locate: Callable[[str], Path], eval_list: str = EVAL_NAMES_FILE) -> ComposedSource:
+def shoes_source(annotations: ShoesAnnotations, locate: Callable[[str], Path]) -> ComposedSource:
     """The evaluation: the gallery is the eval images, the queries every triplet whose reference is one."""
-    gallery = [GalleryImage(n, locate(n), f"{eval_list} name {n}") for n in annotations.eval_names]
+    gallery = [GalleryImage(n, locate(n), f"{EVAL_NAMES_FILE} name {n}") for n in annotations.eval_names]
     queries = [
         ComposedQuery(t.source, t.reference, locate(t.reference), t.caption, t.target, locate(t.target), source=t.source)
         for t in annotations.split_triplets("test")

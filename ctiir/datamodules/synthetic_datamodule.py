@@ -5,6 +5,7 @@ datamodule, unchanged. The generator itself (``ctiir.datamodules.synthetic``) st
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ctiir.datamodules.base import Split
@@ -70,6 +71,7 @@ class SyntheticDataModule(FashionIQDataModule):
         self.synth_seed = synth_seed
         self.generate_if_missing = generate_if_missing
         self._scenario_lists: dict[tuple[str, str], list[str]] = {}
+        self._metadata: Mapping[str, Any] | None = None
 
     def prepare_data(self) -> None:
         """Generate the benchmark once (Lightning calls this on one process per node, before ``setup``).
@@ -123,7 +125,7 @@ class SyntheticDataModule(FashionIQDataModule):
         if not (self.root / META_FILE).is_file():
             hint = "call prepare_data() first" if self.generate_if_missing else f"run `ctiir synth --out {self.root}`"
             raise FileNotFoundError(f"{self.root}: no synthetic dataset ({META_FILE} missing); {hint}")
-        self._scenario_lists = {}  # the files may have been regenerated since
+        self._scenario_lists, self._metadata = {}, None  # the files may have been regenerated since
         super().setup(stage)
 
     def query_attribute(self, attribute: str, query: ComposedQuery, subset: str | None, split: Split) -> str:
@@ -132,7 +134,9 @@ class SyntheticDataModule(FashionIQDataModule):
             return super().query_attribute(attribute, query, subset, split)
         key = (str(subset), self.annotation_split(split))
         if key not in self._scenario_lists:
-            self._scenario_lists[key] = query_scenarios(read_metadata(self.root), *key)
+            if self._metadata is None:  # one parse of synthetic.json per setup, for every category
+                self._metadata = read_metadata(self.root)
+            self._scenario_lists[key] = query_scenarios(self._metadata, *key)
         return self._scenario_lists[key][caption_index(query.name)]
 
     def protocol_name(self) -> str:
