@@ -328,3 +328,66 @@ def test_stage_three_trains_and_evaluates_on_a_catalogue(tmp_path: Path) -> None
     assert {"custom/R@1", "custom/R@5", "custom/R@10", "custom/R@50", "custom/score"} <= set(results)
     assert results["custom/R@50"] == 100.0  # a gallery of 6 images
     assert results["custom/score"] == pytest.approx((results["custom/R@1"] + results["custom/R@10"] + 100.0) / 3)
+
+
+def test_the_docs_catalogue_config_runs_all_three_stages(tmp_path: Path) -> None:
+    """docs/data-shoes-cirr-custom.md's `my-catalogue.yaml` (tiny backbone, one epoch a stage): Stage I on the
+    caption pairs, Stage II on the descriptions and image pairs, Stage III on the triplets, each from the last."""
+    import csv
+    import json
+
+    import torch
+
+    from ctiir.pipeline import progressive_main
+
+    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (220, 220, 20)}
+    (tmp_path / "img").mkdir()
+    for colour, rgb in colours.items():
+        for shape, box in (("square", (8, 8, 24, 24)), ("bar", (2, 12, 30, 20))):
+            image = Image.new("RGB", (32, 32))
+            image.paste(rgb, box)
+            image.save(tmp_path / "img" / f"{colour}-{shape}.png")
+    names = [(c, s) for c in colours for s in ("square", "bar")]
+    split = {n: "val" if i % 4 == 3 else "train" for i, n in enumerate(names)}
+    write_jsonl(tmp_path / "triplets.jsonl", [
+        {"reference": f"img/{a}-{s}.png", "target": f"img/{b}-{s}.png", "text": f"make it {b}", "split": split[(b, s)]}
+        for a in colours for b in colours for s in ("square", "bar") if a != b
+    ])  # fmt: skip
+    write_jsonl(tmp_path / "captions.jsonl", [
+        {"image": f"img/{c}-{s}.png", "text": f"a {c} {s}", "split": split[(c, s)]} for c, s in names
+    ])  # fmt: skip
+    with open(tmp_path / "descriptions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "text", "split"])
+        writer.writerows([f"img/{c}-{s}.png", f"{c} {s} top", split[(c, s)]] for c, s in names)
+    (tmp_path / "all_images.txt").write_text("".join(f"img/{c}-{s}.png\n" for c, s in names))
+    run_dir = tmp_path / "runs" / "my-catalogue"
+    config = tmp_path / "my-catalogue.yaml"
+    config.write_text(f"""
+run_dir: {run_dir}
+backbone: tiny
+progress_bar: false
+data:
+  class_path: ctiir.datamodules.custom.CustomDataModule
+  init_args:
+    root: {tmp_path}
+    triplets: triplets.jsonl
+    caption_pairs: captions.jsonl
+    descriptions: descriptions.csv
+    gallery: all_images.txt
+    batch_size: 8
+trainer: {{accelerator: cpu, devices: 1}}
+stages:
+  I:   {{max_epochs: 1}}
+  II:  {{max_epochs: 1, model: {{tasks: [t2i, i2i]}}}}
+  III: {{max_epochs: 1, model: {{fusion: adaptive}}}}
+""")
+    assert progressive_main(["--config", str(config)]) == 0
+    stages = json.loads((run_dir / "results.json").read_text())["stages"]
+    assert [stages[n]["fusion"] for n in ("I", "II", "III")] == ["fixed", "fixed", "adaptive"]
+    for before, after in (("I", "II"), ("II", "III")):
+        hp = torch.load(stages[after]["checkpoint"], map_location="cpu", weights_only=False)["hyper_parameters"]
+        assert hp["initialized_from"] == stages[before]["checkpoint"]
+    for name in ("I", "II", "III"):
+        assert 0.0 <= stages[name]["metrics"]["custom/R@10"] <= 100.0, name  # every stage scored the composed task
+    assert "| III (adaptive) |" in (run_dir / "results.md").read_text()
