@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from ctiir.datamodules.tasks import collate_retrieval
 from ctiir.fusion.base import as_fused
 from ctiir.io import write_atomic
+from ctiir.metrics.functional import nonfinite_rows
 from ctiir.progress import encoding_progress
 
 VERSION = "rc2"
@@ -78,12 +79,12 @@ def cirr_rankings(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for what, emb in (("gallery", gallery_emb), ("query", query_emb)):
-        bad = (~torch.isfinite(emb).all(dim=1)).nonzero().flatten()
-        if bad.numel():
-            first = int(bad[0])
+        bad = nonfinite_rows(emb)
+        if bad:
+            first = bad[0]
             name = f" ({gallery_names[first]})" if what == "gallery" else ""
             raise ValueError(
-                f"{what} embedding {first}{name} holds NaN or infinite values ({bad.numel()} such rows); "
+                f"{what} embedding {first}{name} holds NaN or infinite values ({len(bad)} such rows); "
                 "a submission ranked on them would be arbitrary"
             )
     gallery = F.normalize(gallery_emb.float(), dim=-1)

@@ -32,6 +32,7 @@ from ctiir.callbacks.examples import save_examples
 from ctiir.callbacks.results import Breakdown, EvaluationResult, QueryOutcome, summarise
 from ctiir.datamodules.tasks import RetrievalTask, collate_retrieval
 from ctiir.fusion.base import as_fused
+from ctiir.metrics.functional import nonfinite_rows
 from ctiir.metrics.recall import QueryRanks, RecallAtK
 from ctiir.progress import encoding_progress, trainer_progress
 
@@ -250,9 +251,9 @@ def _checked_embedding(emb: Any, rows: int, key: str, fn: str, ids: Any = None) 
     if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != rows:
         shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
         raise ValueError(f"task {key}: {fn} must return a ({rows}, D) tensor for a batch of {rows}; got {shape}")
-    bad = ~torch.isfinite(emb).all(dim=1)
-    if bool(bad.any()):  # a NaN would rank arbitrarily: name the items instead (a diverged model, a bad image)
-        which = torch.as_tensor(ids).flatten()[bad.cpu()].tolist() if ids is not None else bad.nonzero().flatten().tolist()
+    bad = nonfinite_rows(emb)
+    if bad:  # a NaN would rank arbitrarily: name the items instead (a diverged model, a bad image)
+        which = torch.as_tensor(ids).flatten()[bad].tolist() if ids is not None else bad
         raise ValueError(f"task {key}: {fn} returned NaN or infinite embeddings for ids {which[:10]} of this batch")
     return emb
 

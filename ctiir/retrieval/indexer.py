@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ctiir.metrics.functional import nonfinite_rows
 from ctiir.retrieval import ann
 from ctiir.retrieval.encode import encode_dataset
 from ctiir.retrieval.errors import RetrievalError, UnreadableImagesError
@@ -34,7 +35,6 @@ from ctiir.retrieval.storage import (
     describe_rows,
     load_index,
     make_manifest,
-    nonfinite_rows,
     read_manifest,
     save_index,
 )

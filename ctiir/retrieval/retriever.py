@@ -18,11 +18,12 @@ from PIL import Image, UnidentifiedImageError
 
 from ctiir.datamodules.errors import DataError
 from ctiir.datamodules.images import bomb_refusal, load_rgb, refusal, to_rgb
+from ctiir.metrics.functional import nonfinite_rows
 from ctiir.retrieval import ann
 from ctiir.retrieval.errors import QueryError, RetrievalError
 from ctiir.retrieval.exact import exact_topk
 from ctiir.retrieval.model import backbone_spec, embed_dim, eval_transform, file_sha256, load_stage, query_embeddings
-from ctiir.retrieval.storage import GalleryIndex, check_compatible, load_index, nonfinite_rows
+from ctiir.retrieval.storage import GalleryIndex, check_compatible, load_index
 
 ImageInput = str | Path | Image.Image | torch.Tensor | bytes
 BACKENDS = ("exact", "faiss")

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ctiir.metrics.functional import nonfinite_rows
 from ctiir.retrieval.atomic import commit, pending_commit, recover
 from ctiir.retrieval.errors import IndexCorruptError, IndexMismatchError, RetrievalError
 from ctiir.retrieval.model import file_sha256
@@ -36,24 +37,6 @@ IDS = "ids.json"
 SOURCES = "sources.json"
 MANIFEST = "manifest.json"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-def nonfinite_rows(embeddings: torch.Tensor, chunk_rows: int = 65536) -> list[int]:
-    """The rows of ``embeddings`` that hold a NaN or an infinity (an empty list when all are finite).
-
-    Why it matters: ``torch.topk`` ranks NaN above every number, so one NaN gallery row would come first for
-    every query, and a NaN query would rank the gallery arbitrarily: confident nonsense, never an error.
-    Scanned by chunks, with a float32 sum per chunk as the fast path (a NaN or an infinity makes the sum
-    non-finite), so a large index is read once and no (N, D) temporary is made.
-    """
-    bad: list[int] = []
-    for start in range(0, embeddings.shape[0], chunk_rows):
-        chunk = embeddings[start : start + chunk_rows]
-        if bool(torch.isfinite(chunk.sum(dtype=torch.float32))):
-            continue
-        rows = (~torch.isfinite(chunk)).any(dim=1).nonzero().flatten()  # the sum may also overflow: look row by row
-        bad.extend(int(r) + start for r in rows)
-    return bad
 
 
 def describe_rows(rows: list[int], names: list[str], noun: str = "row", shown: int = 5) -> str:
