@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ctiir.checkdata.report import CheckReport, CountEffect, Problem
 from ctiir.datamodules.annotations import read_json
@@ -26,6 +25,7 @@ from ctiir.datamodules.errors import AnnotationError, DataError
 from ctiir.datamodules.images import ImageError, load_rgb
 from ctiir.datamodules.protocol import ComposedSource, build_evaluation
 from ctiir.io import write_atomic
+from ctiir.progress import encoding_progress
 from ctiir.registry import Registry
 
 MISSING = Path("<missing image>")  # where ``locate`` points an image that cannot be used: never "present"
@@ -155,14 +155,12 @@ def verify_images(paths: dict[str, Path], workers: int, progress: bool) -> dict[
     """Decode every image in a thread pool (PIL releases the GIL while decoding): ``{id: why it is bad}``."""
     ids = list(paths)
     bad: dict[str, str] = {}
-    columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
-        task = bar.add_task("decode", total=len(ids))
+    with encoding_progress("decoding images", len(ids), enabled=progress, console=Console(stderr=True)) as advance:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for image_id, error in zip(ids, pool.map(lambda i: decode_error(paths[i]), ids), strict=True):
                 if error is not None:
                     bad[image_id] = error
-                bar.advance(task)
+                advance(1)
     return bad
 
 
