@@ -14,10 +14,10 @@ from typing import Any
 from ctiir.checkdata.core import CHECKS, DatasetCheck, read_file
 from ctiir.checkdata.report import CountEffect, Problem
 from ctiir.datamodules.cirr import (
-    FILE_SPLITS,
     CirrQuery,
     absent_names,
     cirr_source,
+    file_candidates,
     parse_cirr_entry,
     parse_split_entry,
 )
@@ -41,7 +41,7 @@ class CIRRFiles:
 
 def _existing(annotations_root: Path, folder: str, stem: str, split: str) -> Path:
     """The split's file as the datamodule finds it (``test1`` or ``test``); the first name if none exists."""
-    options = [annotations_root / folder / f"{stem}.rc2.{name}.json" for name in FILE_SPLITS[split]]
+    options = file_candidates(annotations_root, folder, stem, split)
     return next((p for p in options if p.is_file()), options[0])
 
 

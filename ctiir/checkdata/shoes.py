@@ -22,6 +22,7 @@ from ctiir.datamodules.shoes import (
     TRIPLETS_FILE,
     ShoesAnnotations,
     ShoesTriplet,
+    find_image,
     index_images,
     name_lines,
     parse_caption,
@@ -155,10 +156,7 @@ class ShoesCheck(DatasetCheck):
         return problems
 
     def find(self, name: str) -> Path | None:
-        paths = sorted(self.index.get(name, []))
-        if len(paths) > 1:
-            raise DataError(f"Shoes image {name!r} is found twice under {self.image_root}: {paths[0]} and {paths[1]}")
-        return paths[0] if paths else None
+        return find_image(self.index, name, self.image_root)
 
     # -- counts --------------------------------------------------------------------------------------
     def _usable(self, names: Sequence[str], bad: set[str]) -> bool:

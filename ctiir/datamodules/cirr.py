@@ -58,10 +58,15 @@ class CirrQuery:
     source: str
 
 
-def _file(annotations_root: Path, folder: str, stem: str, split: str) -> Path:
+def file_candidates(annotations_root: Path, folder: str, stem: str, split: str) -> list[Path]:
+    """The names a split's file may have (``test1`` or ``test``), in the order they are looked for."""
     if split not in FILE_SPLITS:
         raise ValueError(f"CIRR split must be one of {list(FILE_SPLITS)}, got {split!r}")
-    options = [annotations_root / folder / f"{stem}.rc2.{name}.json" for name in FILE_SPLITS[split]]
+    return [annotations_root / folder / f"{stem}.rc2.{name}.json" for name in FILE_SPLITS[split]]
+
+
+def _file(annotations_root: Path, folder: str, stem: str, split: str) -> Path:
+    options = file_candidates(annotations_root, folder, stem, split)
     for path in options:
         if path.is_file():
             return path

@@ -183,6 +183,15 @@ def index_images(image_root: str | Path) -> dict[str, list[Path]]:
     return found
 
 
+def find_image(index: dict[str, list[Path]], name: str, image_root: Path) -> Path | None:
+    """The one file named ``name`` in ``index`` (:func:`index_images`); ``None`` if there is none, and a
+    ``DataError`` if the name is found twice (which one the annotations mean cannot be told)."""
+    paths = sorted(index.get(name, []))
+    if len(paths) > 1:
+        raise DataError(f"Shoes image {name!r} is found twice under {image_root}: {paths[0]} and {paths[1]}")
+    return paths[0] if paths else None
+
+
 class ShoesDataModule(CTIIRDataModule):
     """Shoes for Stage II (captions, image pairs) and Stage III (triplets), evaluated on the eval images.
 
@@ -221,10 +230,7 @@ class ShoesDataModule(CTIIRDataModule):
         (reported as missing by the ``on_missing`` check, whose message names the entry)."""
         if self._index is None:
             self._index = index_images(self.root)
-        paths = sorted(self._index.get(name, []))
-        if len(paths) > 1:
-            raise DataError(f"Shoes image {name!r} is found twice under {self.root}: {paths[0]} and {paths[1]}")
-        return paths[0] if paths else self.root / name
+        return find_image(self._index, name, self.root) or self.root / name
 
     # ------------------------------------------------------------------ sources
     def triplets(self, split: Split) -> list[Triplet]:
