@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -31,7 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.loggers import CSVLogger
 
-from ctiir.callbacks import EvaluationResult, RetrievalEvaluation
+from ctiir.callbacks import EvaluationResult, ProtocolResult, RetrievalEvaluation
 from ctiir.checkpoints import SafeCheckpointIO
 from ctiir.io import write_atomic
 from ctiir.stages import STAGES
@@ -354,43 +355,34 @@ def run_progressive(cfg: PipelineConfig, skip: tuple[str, ...] = ()) -> dict[str
     return results
 
 
-def composed_summary(outcome: EvaluationResult | dict[str, Any]) -> dict[str, Any]:
-    """The composed protocol of a stage's test results: per-subset metrics, averages, score, weights.
-
-    Takes the callback's ``EvaluationResult`` or a stage outcome of ``results.json`` (its ``evaluation``).
-    Keys: ``protocol``, ``subsets``, ``<subset>/<metric>``, ``avg/<metric>`` (several subsets) or
-    ``<metric>`` (one), ``score``. Stage I and II's own image<->text protocols are left out.
-    """
-    result = outcome if isinstance(outcome, EvaluationResult) else EvaluationResult.from_dict(outcome["evaluation"])
-    composed = result.composed()
-    if composed is None:
-        return {}
-    out: dict[str, Any] = {"protocol": composed.protocol, "subsets": [s for s in composed.subsets if s]}
-    for subset, metrics in composed.subsets.items():
-        out.update({f"{subset}/{m}" if subset else m: v for m, v in metrics.items()})
-    out.update({f"avg/{m}": v for m, v in composed.average.items()})
-    out["score"] = composed.score
-    return out
+def composed_of(outcome: Mapping[str, Any]) -> ProtocolResult | None:
+    """The composed protocol of a stage outcome of ``results.json`` (read from its structured
+    ``evaluation``); Stage I and II's own image<->text protocols are left out. ``None`` without one."""
+    if outcome.get("skipped") or "evaluation" not in outcome:
+        return None
+    return EvaluationResult.from_dict(outcome["evaluation"]).composed()
 
 
 def results_markdown(results: dict[str, Any]) -> str:
     """R@1/R@10/R@50 per category, averages and the mean adaptive weights after each stage."""
-    rows = []
-    for name, outcome in results["stages"].items():
-        if outcome.get("skipped"):
-            continue
-        rows.append((f"{name} ({outcome.get('fusion', '?')})", composed_summary(outcome), outcome.get("seconds")))
-    subsets = next((summary["subsets"] for _, summary, _ in rows if summary), [])
+    rows = [
+        (f"{name} ({outcome.get('fusion', '?')})", composed_of(outcome), outcome.get("seconds"))
+        for name, outcome in results["stages"].items()
+        if not outcome.get("skipped")
+    ]
+    subsets = next(([s for s in c.subsets if s] for _, c, _ in rows if c is not None), [])
     header = ["after stage (fusion)"] + [f"{c} R@{k}" for c in subsets for k in (1, 10, 50)]
     header += ["avg R@10", "avg R@50", "mean", "w_img", "w_txt", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, m, seconds in rows:
-        cells = [label] + [_fmt(m.get(f"{c}/R@{k}")) for c in subsets for k in (1, 10, 50)]
-        cells += [_fmt(m.get(f"avg/R@{k}", m.get(f"R@{k}"))) for k in (10, 50)]
-        cells += [_fmt(m.get("score")), _fmt(m.get("avg/w_img", m.get("w_img")), 3), _fmt(m.get("avg/w_txt", m.get("w_txt")), 3)]
+    for label, composed, seconds in rows:
+        per_subset = composed.subsets if composed is not None else {}
+        summary = composed.summary if composed is not None else {}
+        cells = [label] + [_fmt(per_subset.get(c, {}).get(f"R@{k}")) for c in subsets for k in (1, 10, 50)]
+        cells += [_fmt(summary.get(f"R@{k}")) for k in (10, 50)]
+        cells += [_fmt(composed.score if composed is not None else None), _fmt(summary.get("w_img"), 3), _fmt(summary.get("w_txt"), 3)]
         cells += [_fmt(seconds, 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    protocol = next((summary["protocol"] for _, summary, _ in rows if summary), "?")
+    protocol = next((c.protocol for _, c, _ in rows if c is not None), "?")
     note = (
         f"\nProtocol `{protocol}`, test split (FashionIQ-style: val files). Stages I and II use the fixed-sum "
         "fusion, so their rows are the fixed-sum zero-shot baseline after that stage.\n"
@@ -403,9 +395,7 @@ def breakdown_markdown(results: dict[str, Any]) -> str:
     each stage: averaged over the subsets that have the value. Empty without a breakdown."""
     lines: list[str] = []
     for name, outcome in results["stages"].items():
-        if outcome.get("skipped") or "evaluation" not in outcome:
-            continue
-        composed = EvaluationResult.from_dict(outcome["evaluation"]).composed()
+        composed = composed_of(outcome)
         if composed is None:
             continue
         for attribute, groups in composed.breakdown_summary.items():
@@ -437,10 +427,11 @@ def print_summary(results: dict[str, Any]) -> None:
         if outcome.get("skipped"):
             table.add_row(name, "skipped", *["-"] * 6)
             continue
-        m = composed_summary(outcome)
+        composed = composed_of(outcome)
+        m = composed.summary if composed is not None else {}
         table.add_row(
-            name, outcome["fusion"], _fmt(m.get("avg/R@1")), _fmt(m.get("avg/R@10")), _fmt(m.get("avg/R@50")),
-            _fmt(m.get("score")), _fmt(m.get("avg/w_img"), 3), _fmt(outcome["seconds"], 0),
+            name, outcome["fusion"], _fmt(m.get("R@1")), _fmt(m.get("R@10")), _fmt(m.get("R@50")),
+            _fmt(composed.score if composed is not None else None), _fmt(m.get("w_img"), 3), _fmt(outcome["seconds"], 0),
         )
     Console().print(table)
 
