@@ -55,10 +55,16 @@ def command_parser(
     description: str | None = None,
     config_help: str = "a YAML file of these options (`--print_config` writes one)",
 ) -> ArgumentParser:
-    """The parser of ``ctiir <command>``: jsonargparse, errors raised (not exited), ``--config`` for YAML."""
+    """The parser of ``ctiir <command>``: jsonargparse, errors raised (not exited), ``--config`` for YAML.
+
+    No abbreviated options: ``ctiir index --device=cpu`` would otherwise be taken for ``--devices=cpu`` (a
+    Lightning error deep in the run); an option is spelled out or is a usage error.
+    """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=f"ctiir {command}", description=description, default_env=False, exit_on_error=False)
+    parser = ArgumentParser(
+        prog=f"ctiir {command}", description=description, default_env=False, exit_on_error=False, allow_abbrev=False
+    )
     parser.add_argument("--config", action=ActionConfigFile, help=config_help)
     return parser
 

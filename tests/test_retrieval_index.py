@@ -353,8 +353,10 @@ def test_index_command_reports_skips_and_exit_codes(ckpt: Path, gallery: Path, t
         ["--ckpt", str(tmp_path / "none.ckpt"), "--images", str(gallery), "--out", str(tmp_path / "x")],
         ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--dtype", "int8"],
         ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--strict"],  # a boolean takes a value
+        ["--ckpt", str(ckpt), "--images", str(gallery), "--out", str(tmp_path / "x"), "--device=cpu"],  # not --devices
     ]
-    for extra, named in zip(usage, ["exactly one of", "missing not found", "none.ckpt not found", "int8", "--strict"], strict=True):
+    named_in_err = ["exactly one of", "missing not found", "none.ckpt not found", "int8", "--strict", "unrecognized arguments: --device=cpu"]
+    for extra, named in zip(usage, named_in_err, strict=True):
         assert main(["index", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("ctiir index: error:") and named in err, err

@@ -365,3 +365,25 @@ def test_search_command_data_errors(setup, tmp_path: Path, capsys) -> None:
     assert "broken.png" in capsys.readouterr().err
     assert main(["search", "--ckpt", str(setup.ckpt), "--index", str(tmp_path / "none"), "--text", "x"]) == 2
     assert "--index: " in capsys.readouterr().err
+
+
+def test_faiss_from_the_command_line(setup, tmp_path: Path, capsys) -> None:
+    """docs/retrieval.md's FAISS options through the commands: `ctiir index --faiss ...` saves the FAISS index
+    with its options, and `ctiir search --backend faiss` searches with it."""
+    pytest.importorskip("faiss")
+    from ctiir.cli import main
+
+    out = tmp_path / "index"
+    assert main(["index", "--ckpt", str(setup.ckpt), "--images", str(setup.gallery), "--out", str(out), "--accelerator=cpu",
+                 "--faiss=hnsw", "--hnsw_m=8", "--ef_construction=20", "--ef_search=64", "--progress_bar=false"]) == 0  # fmt: skip
+    entry = load_index(out).manifest["faiss"]
+    assert entry["backend"] == "hnsw" and (out / entry["file"]).is_file()
+    assert (entry["options"]["hnsw_m"], entry["options"]["ef_construction"], entry["options"]["ef_search"]) == (8, 20, 64)
+    capsys.readouterr()
+    image = str(setup.gallery / "b/3.png")
+    base = ["search", "--ckpt", str(setup.ckpt), "--index", str(out), "--device=cpu", "--image", image, "-k", "3", "--json=true"]
+    assert main([*base, "--backend=faiss"]) == 0
+    approx = json.loads(capsys.readouterr().out)
+    assert main([*base, "--backend=exact"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert approx["results"][0]["id"] == exact["results"][0]["id"] == "b/3.png"
